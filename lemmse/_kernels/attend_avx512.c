@@ -1,0 +1,160 @@
+/*
+ * Fused streaming softmax attention for the LE-MMSE on x86-64 CPUs with AVX-512 (fp32).
+ *
+ * For every query q (a row of Q) and every admissible key k (a training patch) the logit is
+ *     l(q, k) = s_q * (q . k - ||k||^2 / 2)                     (natural-log units / log2 e)
+ * where s_q = log2(e) / sigma_q^2 is folded into the query row by the caller (Q holds s_q q and
+ * qscale holds s_q).  -||q||^2/(2 sigma^2) is constant per query and cancels in the softmax.
+ * The kernel accumulates, per query, the running maximum m (base-2 units), the denominator
+ * sum 2^(l - m) and the numerators sum 2^(l - m) v_k, streaming over key blocks of 16 with an
+ * online (lazily rescaled) log-sum-exp.  Nothing of size queries x keys is ever stored.
+ *
+ * Layout (prepared by lemmse/engine.py):
+ *   Q      [M][D]          query rows, pre-scaled
+ *   qscale [M]             s_q
+ *   Kt     [nb][D][16]     key blocks, 16 keys per block, transposed (key index fastest)
+ *   kb     [nb][16]        -||k||^2 / 2 for each key (0 in padding lanes)
+ *   Vt     [nb][Cv][16]    values (clean centre pixels) per key block
+ *   groups: query rows [q0[g], q1[g]) attend to key blocks [b0[g], b1[g]); the last block of a
+ *           group holds nlast[g] valid keys (1..16).
+ * State (read and updated in place, so that the caller can stream chunks of keys):
+ *   m   [M]                running maximum, -inf initially
+ *   acc [M][Cv+1][16]      lane-wise partial sums: denominator first, then the Cv numerators
+ *
+ * Each query row is processed by exactly one thread, in key order: results do not depend on
+ * the number of threads (deterministic).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <omp.h>
+
+#define SLACK 16.0f  /* rescale only when a logit exceeds the running max by this (base 2) */
+
+static inline __m512 exp2_ps(__m512 x) {
+    /* 2^x = 2^n * 2^f, n = round(x), f in [-0.5, 0.5]; minimax-like polynomial (rel err ~2e-7) */
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+#define DEFINE_TILE(QT, CV)                                                                        \
+static void tile_##QT##_##CV(const float *Q, const float *qscale, int64_t D,                          \
+                      const float *Kt, const float *kb, const float *Vt,            \
+                      int64_t b0, int64_t b1, int nlast, float *m, float *acc) {               \
+    const int64_t Cv = CV, S = (CV + 1) * 16;                                                  \
+    __m512 st[QT][CV + 1];                                                                          \
+    float mm[QT];                                                                              \
+    for (int t = 0; t < QT; t++) {                                                             \
+        mm[t] = m[t];                                                                          \
+        for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_loadu_ps(acc + t * S + c * 16);   \
+    }                                                                                          \
+    for (int64_t b = b0; b < b1; b++) {                                                        \
+        const float *K = Kt + b * D * 16;                                                      \
+        const __m512 bias = _mm512_loadu_ps(kb + b * 16);                                      \
+        __m512 l[QT];                                                                          \
+        for (int t = 0; t < QT; t++) l[t] = _mm512_mul_ps(bias, _mm512_set1_ps(qscale[t]));   \
+        for (int64_t d = 0; d < D; d++) {                                                      \
+            const __m512 kv = _mm512_loadu_ps(K + d * 16);                                     \
+            for (int t = 0; t < QT; t++)                                                       \
+                l[t] = _mm512_fmadd_ps(_mm512_set1_ps(Q[t * D + d]), kv, l[t]);                \
+        }                                                                                      \
+        const __mmask16 valid = (b == b1 - 1) ? (__mmask16)((1u << nlast) - 1u) : 0xFFFF;      \
+        const float *V = Vt + b * Cv * 16;                                                     \
+        for (int t = 0; t < QT; t++) {                                                         \
+            __mmask16 big = _mm512_mask_cmp_ps_mask(valid, l[t],                               \
+                                _mm512_set1_ps(mm[t] + SLACK), _CMP_GT_OQ);                     \
+            if (big) {                                                                         \
+                float bm = _mm512_mask_reduce_max_ps(valid, l[t]);                              \
+                float nm = bm > mm[t] ? bm : mm[t];                                            \
+                __m512 sc = _mm512_set1_ps(exp2f(mm[t] - nm));                                 \
+                for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_mul_ps(st[t][c], sc);      \
+                mm[t] = nm;                                                                    \
+            }                                                                                  \
+            __m512 e = exp2_ps(_mm512_sub_ps(l[t], _mm512_set1_ps(mm[t])));                    \
+            e = _mm512_maskz_mov_ps(valid, e);                                                 \
+            st[t][0] = _mm512_add_ps(st[t][0], e);                                             \
+            for (int64_t c = 0; c < Cv; c++)                                                   \
+                st[t][c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(V + c * 16), st[t][c + 1]);   \
+        }                                                                                      \
+    }                                                                                          \
+    for (int t = 0; t < QT; t++) {                                                             \
+        m[t] = mm[t];                                                                          \
+        for (int64_t c = 0; c <= Cv; c++) _mm512_storeu_ps(acc + t * S + c * 16, st[t][c]);    \
+    }                                                                                          \
+}
+
+
+DEFINE_TILE(1, 1)
+DEFINE_TILE(2, 1)
+DEFINE_TILE(4, 1)
+DEFINE_TILE(8, 1)
+DEFINE_TILE(1, 2)
+DEFINE_TILE(2, 2)
+DEFINE_TILE(4, 2)
+DEFINE_TILE(8, 2)
+DEFINE_TILE(1, 3)
+DEFINE_TILE(2, 3)
+DEFINE_TILE(4, 3)
+DEFINE_TILE(8, 3)
+DEFINE_TILE(1, 4)
+DEFINE_TILE(2, 4)
+DEFINE_TILE(4, 4)
+DEFINE_TILE(8, 4)
+
+typedef void (*tile_fn)(const float *, const float *, int64_t, const float *, const float *,
+                        const float *, int64_t, int64_t, int, float *, float *);
+static const tile_fn TILES[4][4] = {
+    {tile_1_1, tile_2_1, tile_4_1, tile_8_1}, {tile_1_2, tile_2_2, tile_4_2, tile_8_2},
+    {tile_1_3, tile_2_3, tile_4_3, tile_8_3}, {tile_1_4, tile_2_4, tile_4_4, tile_8_4}};
+
+/* 1 <= Cv <= 4 (values are the C channels of a centre pixel). Returns 0 on success. */
+int lemmse_attend_f32(const float *Q, const float *qscale, int64_t M, int64_t D,
+                      const float *Kt, const float *kb, const float *Vt, int64_t Cv,
+                      int64_t G, const int64_t *q0, const int64_t *q1,
+                      const int64_t *b0, const int64_t *b1, const int64_t *nlast,
+                      int64_t kchunk_blocks, float *m, float *acc, int nthreads) {
+    if (Cv < 1 || Cv > 4) return 1;
+    const tile_fn *T = TILES[Cv - 1];
+    (void)M;
+    const int64_t S = (Cv + 1) * 16;
+    /* work items: (group, query tile of <= 8 rows, key sub-range of <= kchunk_blocks blocks).
+       Key sub-ranges of one tile are processed in order inside one item (cache-friendly order:
+       all tiles sweep one L2-sized key chunk before moving on).                              */
+    /* outer loop over key chunks (shared by all groups), inner parallel loop over query tiles */
+    int64_t maxblocks = 0;
+    for (int64_t g = 0; g < G; g++) if (b1[g] - b0[g] > maxblocks) maxblocks = b1[g] - b0[g];
+    int64_t ntiles_total = 0;
+    for (int64_t g = 0; g < G; g++) ntiles_total += (q1[g] - q0[g] + 7) / 8;
+    for (int64_t c0 = 0; c0 < maxblocks; c0 += kchunk_blocks) {
+        #pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
+        for (int64_t it = 0; it < ntiles_total; it++) {
+            /* locate the tile: linear scan over groups (G is small or tiles are few) */
+            int64_t g = 0, rem = it;
+            while (rem >= (q1[g] - q0[g] + 7) / 8) { rem -= (q1[g] - q0[g] + 7) / 8; g++; }
+            int64_t bs = b0[g] + c0, be = b0[g] + c0 + kchunk_blocks;
+            if (be > b1[g]) be = b1[g];
+            if (bs >= be) continue;
+            int nl = (be == b1[g]) ? (int)nlast[g] : 16;
+            int64_t r = q0[g] + rem * 8, rend = r + 8;
+            if (rend > q1[g]) rend = q1[g];
+            while (r < rend) {
+                int64_t n = rend - r;
+                const float *Qr = Q + r * D; const float *sr = qscale + r;
+                float *mr = m + r; float *ar = acc + r * S;
+                if (n >= 8) { T[3](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 8; }
+                else if (n >= 4) { T[2](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 4; }
+                else if (n >= 2) { T[1](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 2; }
+                else { T[0](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 1; }
+            }
+        }
+    }
+    return 0;
+}
