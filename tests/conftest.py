@@ -1,0 +1,33 @@
+"""Shared pytest fixtures (keep this file small and generic)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_real_data_root() -> Path | None:
+    """Folder holding the real data sets: $LEMMSE_DATA if set, else ``<repo>/../shared/data``.
+
+    Returns None when neither exists.
+    """
+    env = os.environ.get("LEMMSE_DATA")
+    candidates = [Path(env).expanduser()] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data_root() -> Path:
+    """Path of the real data folder (see :func:`find_real_data_root`); skips the test if absent."""
+    root = find_real_data_root()
+    if root is None:
+        pytest.skip("real data not found: set LEMMSE_DATA or place it at ../shared/data")
+    return root
