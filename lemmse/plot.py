@@ -1,0 +1,175 @@
+"""Plotting helpers shared by the book chapters.
+
+Every helper builds a matplotlib figure and returns it; nothing is shown or saved here.
+In a notebook, end the cell with ``plt.show()``: the inline backend then displays the figure
+once and closes it (returning the figure as the cell's value as well would show it twice).
+
+Images are tensors of shape ``[C, H, W]`` (C = 1 or 3) or ``[H, W]``, or batches
+``[B, C, H, W]``, with pixel values in [0, 1]. Values outside [0, 1] (noisy measurements,
+inverse filters) are clipped for display only.
+
+See book chapter 1 (``book/01_inverse_problems.md``) for a first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+__all__ = ["to_display", "show_images"]
+
+
+def to_display(image, clip: bool = True) -> np.ndarray:
+    """Convert one image to an array that ``matplotlib.pyplot.imshow`` shows as is.
+
+    Parameters
+    ----------
+    image : torch.Tensor or numpy.ndarray
+        One image of shape ``[C, H, W]`` with C in {1, 3}, or ``[H, W]``, or ``[1, C, H, W]``.
+    clip : bool, optional
+        Clip the values to [0, 1] (default), as for display.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[H, W]`` for one channel, ``[H, W, 3]`` for three, float64.
+
+    Raises
+    ------
+    ValueError
+        If the shape is not one of the above.
+    """
+    if isinstance(image, torch.Tensor):
+        arr = image.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(image, np.ndarray):
+        arr = image.astype(np.float64)
+    else:
+        raise TypeError(f"image must be a torch.Tensor or numpy.ndarray, got {type(image).__name__}")
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3:
+        if arr.shape[0] == 1:
+            arr = arr[0]
+        elif arr.shape[0] == 3:
+            arr = np.transpose(arr, (1, 2, 0))
+        else:
+            raise ValueError(f"image must have 1 or 3 channels in [C, H, W], got shape {tuple(image.shape)}")
+    elif arr.ndim != 2:
+        raise ValueError(f"image must have shape [C, H, W], [H, W] or [1, C, H, W], got {tuple(image.shape)}")
+    if clip:
+        arr = np.clip(arr, 0.0, 1.0)
+    return arr
+
+
+def _as_grid(images) -> list[list]:
+    """Arrange ``images`` as rows of single images."""
+    if isinstance(images, torch.Tensor) or isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return [[im for im in images]]
+        return [[images]]
+    if not isinstance(images, Sequence) or len(images) == 0:
+        raise ValueError("images must be a [B, C, H, W] tensor, a non-empty list of images, or a list of rows")
+    if all(isinstance(row, Sequence) and not isinstance(row, (str, torch.Tensor, np.ndarray)) for row in images):
+        return [list(row) for row in images]
+    return [list(images)]
+
+
+def show_images(
+    images,
+    titles=None,
+    *,
+    ncols: int | None = None,
+    row_labels: Sequence[str] | None = None,
+    suptitle: str | None = None,
+    size: float = 1.8,
+    cmap: str = "gray",
+):
+    """Show images side by side (or in a grid) without axes and return the figure.
+
+    Parameters
+    ----------
+    images : torch.Tensor or list
+        A batch ``[B, C, H, W]`` (one row), a list of single images (one row, or
+        ``ncols`` per row), or a list of rows (each a list of single images) for a grid.
+        A ``None`` entry leaves its place blank.
+    titles : list of str or list of list of str, optional
+        One title per image, in the same layout as ``images``; ``None`` entries are left blank.
+    ncols : int, optional
+        Wrap a flat list into rows of ``ncols`` images. Ignored for a list of rows.
+    row_labels : list of str, optional
+        One label per row, written to the left of the row.
+    suptitle : str, optional
+        A title for the whole figure (for example the data, number of images, sigma and P).
+    size : float, optional
+        Width and height of one image in inches (default 1.8).
+    cmap : str, optional
+        Colour map for one-channel images (default ``"gray"``); values are shown on [0, 1].
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure; display it with ``plt.show()``.
+
+    Raises
+    ------
+    ValueError
+        If ``titles`` or ``row_labels`` do not match the layout of ``images``.
+    """
+    rows = _as_grid(images)
+    if titles is not None and not isinstance(titles, Sequence):
+        raise ValueError("titles must be a list of str (one per image) or a list of rows")
+    flat_titles = None
+    if titles is not None:
+        titles = list(titles)
+        if len(rows) > 1 and len(titles) == len(rows) and all(
+            isinstance(t, Sequence) and not isinstance(t, str) for t in titles
+        ):
+            flat_titles = [list(t) for t in titles]
+        else:
+            flat_titles = [titles]
+    if ncols is not None and len(rows) == 1:
+        if ncols < 1:
+            raise ValueError(f"ncols must be a positive integer, got {ncols}")
+        one = rows[0]
+        rows = [one[k : k + ncols] for k in range(0, len(one), ncols)]
+        if flat_titles is not None:
+            t = flat_titles[0]
+            if len(t) != len(one):
+                raise ValueError(f"titles must have one entry per image ({len(one)}), got {len(t)}")
+            flat_titles = [t[k : k + ncols] for k in range(0, len(t), ncols)]
+    if flat_titles is not None:
+        if len(flat_titles) != len(rows) or any(len(t) != len(r) for t, r in zip(flat_titles, rows)):
+            raise ValueError("titles must have the same layout as images (one title per image)")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"row_labels must have one entry per row ({len(rows)}), got {len(row_labels)}")
+
+    nrows = len(rows)
+    width = max(len(r) for r in rows)
+    fig, axes = plt.subplots(nrows, width, figsize=(size * width, size * nrows + (0.35 if suptitle else 0.0)),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(width):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(row) or row[c] is None:
+                ax.axis("off")
+                if c == 0 and row_labels is not None:
+                    ax.text(-0.05, 0.5, row_labels[r], transform=ax.transAxes, rotation=90,
+                            ha="right", va="center", fontsize=9)
+                continue
+            arr = to_display(row[c])
+            ax.imshow(arr, cmap=cmap if arr.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if flat_titles is not None and flat_titles[r][c] is not None:
+                ax.set_title(flat_titles[r][c], fontsize=9)
+            if c == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[r], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
