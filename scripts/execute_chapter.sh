@@ -5,7 +5,7 @@
 #
 # For each chapter (a MyST Markdown notebook paired with book/NN_name.ipynb by jupytext):
 #   1. jupytext --sync      copy the edited Markdown cells into the notebook (creates it if missing);
-#   2. jupyter execute      run the notebook in place with the project's kernel (outputs, widget state);
+#   2. nbclient             run the notebook in place with the project's kernel (outputs, widget state);
 #   3. jupytext --sync      bring the Markdown twin back in step with the executed notebook.
 # Commit both files afterwards. The website shows these outputs and nbval (`make test`) compares them.
 #
@@ -21,7 +21,7 @@ if [ "$#" -eq 0 ]; then
 fi
 
 BIN="${VENV:-$ROOT/.venv}/bin"
-for tool in jupytext jupyter; do
+for tool in jupytext python; do
   if [ ! -x "$BIN/$tool" ]; then
     echo "execute_chapter.sh: $BIN/$tool not found; create the environment first (make venv)" >&2
     exit 1
@@ -49,7 +49,33 @@ for arg in "$@"; do
   fi
   start=$(date +%s)
   "$BIN/jupytext" --sync "$md"
-  "$BIN/jupyter" execute --inplace --timeout=1800 "$nb"
+  # nbclient directly (as `jupyter execute --inplace` does), but without the per-cell timestamps that
+  # `jupyter execute` records in the cell metadata, and with consecutive prints merged into one output,
+  # so that an unchanged chapter gives an unchanged notebook.
+  "$BIN/python" - "$nb" <<'PY'
+import os
+import sys
+
+import nbformat
+from nbclient import NotebookClient
+
+path = sys.argv[1]
+nb = nbformat.read(path, as_version=4)
+client = NotebookClient(
+    nb,
+    timeout=1800,
+    record_timing=False,
+    coalesce_streams=True,
+    store_widget_state=True,
+    resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}},
+)
+client.execute()
+for cell in nb.cells:
+    cell.metadata.pop("execution", None)
+tmp = path + ".tmp"
+nbformat.write(nb, tmp)
+os.replace(tmp, path)
+PY
   "$BIN/jupytext" --sync "$md"
   echo "execute_chapter.sh: $nb executed in $(( $(date +%s) - start )) s"
 done

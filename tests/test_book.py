@@ -1,0 +1,321 @@
+"""Tests of the book: chapters paired and executed, and the website rendering offline.
+
+1. Every chapter ``book/NN_name.md`` with a jupytext header has its executed notebook
+   ``book/NN_name.ipynb``, with the same cells (sources and cell options), and every code cell
+   has been run; the table of contents lists every chapter. The website shows the outputs of the
+   notebooks, so a Markdown edit that was not executed would silently not appear.
+   Fix: ``scripts/execute_chapter.sh book/NN_name.md`` and commit both files.
+2. The rendering check (only where Debian's ``chromium`` is installed: ``apt-get install chromium``):
+   build the website into a temporary folder, strictly (``jupyter-book build -W -n --keep-going``),
+   open every page in headless Chromium and fail when math is left as raw TeX (no MathJax output),
+   when a page that embeds widget state shows no rendered widget, or when raw reStructuredText
+   (an autodoc directive that was not parsed) shows as text.
+
+The detectors of 2. are also tested on small hand-written pages, so that they can be seen to fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+FIX = "run `scripts/execute_chapter.sh {md}` and commit both files"
+
+jupytext = pytest.importorskip("jupytext")
+nbformat = pytest.importorskip("nbformat")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. paired chapters
+# ---------------------------------------------------------------------------------------------
+
+
+def paired_chapters() -> list[Path]:
+    """book/NN_*.md files whose jupytext header pairs them with a notebook."""
+    out = []
+    for md in sorted(BOOK.glob("[0-9][0-9]_*.md")):
+        formats = jupytext.read(md).metadata.get("jupytext", {}).get("formats", "")
+        if "ipynb" in formats:
+            out.append(md)
+    return out
+
+
+# Cell options written in the Markdown (tags, mystnb figure captions...) travel as cell metadata;
+# these keys are added by execution or by Jupyter front ends and are not part of the text.
+_VOLATILE_METADATA = {"execution", "ExecuteTime", "collapsed", "scrolled", "jupyter", "trusted"}
+
+
+def _cells(nb) -> list[tuple[str, str, dict]]:
+    return [
+        (
+            cell.cell_type,
+            cell.source.rstrip(),
+            {k: v for k, v in cell.metadata.items() if k not in _VOLATILE_METADATA},
+        )
+        for cell in nb.cells
+    ]
+
+
+def test_book_has_chapters():
+    assert paired_chapters(), "no paired chapter book/NN_name.md found"
+
+
+@pytest.mark.parametrize("md", paired_chapters(), ids=lambda p: p.name)
+def test_chapter_pair_in_sync(md: Path):
+    rel = md.relative_to(ROOT)
+    nb_path = md.with_suffix(".ipynb")
+    assert nb_path.exists(), f"{rel}: notebook {nb_path.name} is missing; {FIX.format(md=rel)}"
+    text_nb = jupytext.read(md)
+    run_nb = nbformat.read(nb_path, as_version=4)
+    a, b = _cells(text_nb), _cells(run_nb)
+    if a != b:
+        where = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        detail = (
+            f"{len(a)} cells in the .md, {len(b)} in the .ipynb"
+            if len(a) != len(b) and where == min(len(a), len(b))
+            else f"cell {where} differs: {a[where][1][:80]!r} in the .md vs {b[where][1][:80]!r} in the .ipynb"
+        )
+        pytest.fail(f"{rel} and {nb_path.name} are out of sync ({detail}); {FIX.format(md=rel)}")
+
+
+@pytest.mark.parametrize("md", paired_chapters(), ids=lambda p: p.name)
+def test_chapter_executed(md: Path):
+    rel = md.relative_to(ROOT)
+    nb_path = md.with_suffix(".ipynb")
+    if not nb_path.exists():
+        pytest.skip("notebook missing (reported by test_chapter_pair_in_sync)")
+    run_nb = nbformat.read(nb_path, as_version=4)
+    code = [c for c in run_nb.cells if c.cell_type == "code" and c.source.strip()]
+    not_run = [i for i, c in enumerate(code) if c.get("execution_count") is None]
+    assert not not_run, f"{nb_path.name}: code cells {not_run} were never executed; {FIX.format(md=rel)}"
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), (
+        f"{nb_path.name}: cells were not executed once, top to bottom (execution counts {counts}); "
+        f"{FIX.format(md=rel)}"
+    )
+    errors = [c.execution_count for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{nb_path.name}: cells {errors} stored an error; {FIX.format(md=rel)}"
+
+
+def test_toc_lists_every_chapter():
+    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    listed = set(re.findall(r"file:\s*(book/[^\s#]+)", toc))
+    missing = [md.relative_to(ROOT).with_suffix("").as_posix() for md in paired_chapters()]
+    missing = [name for name in missing if name not in listed]
+    assert not missing, f"chapters not in _toc.yml (the website would skip them): {missing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. rendering check
+# ---------------------------------------------------------------------------------------------
+
+# Text that a reader should never see: TeX delimiters that MathJax did not typeset, and raw
+# reStructuredText from an autodoc directive that was parsed as Markdown.
+RAW_TEX = re.compile(r"\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{")
+RAW_REST = re.compile(r"(?:^|\s)\.\. (?:py:|auto)\w*::|:param \w+:")
+
+# Elements whose text is not prose: code, scripts, and MathJax's own output.
+_SKIP = {"script", "style", "pre", "code", "textarea", "noscript", "template", "svg", "math", "mjx-container"}
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class _PageScan(HTMLParser):
+    """Collect the visible prose text and count the elements the checks need."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.skip_depth = 0
+        self.text: list[str] = []
+        self.mathjax = 0  # <mjx-container>: math typeset by MathJax
+        self.math_spans = 0  # elements with class "math": math that MathJax must typeset
+        self.widget_views = 0  # <script type="application/vnd.jupyter.widget-view+json">
+        self.widget_state = 0  # <script type="application/vnd.jupyter.widget-state+json">
+        self.widgets = 0  # elements with class "jupyter-widgets": widgets rendered by the manager
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        classes = (attrs.get("class") or "").split()
+        if tag == "mjx-container":
+            self.mathjax += 1
+        if "math" in classes:
+            self.math_spans += 1
+        if "jupyter-widgets" in classes:
+            self.widgets += 1
+        if tag == "script":
+            kind = attrs.get("type") or ""
+            self.widget_views += kind == "application/vnd.jupyter.widget-view+json"
+            self.widget_state += kind == "application/vnd.jupyter.widget-state+json"
+        if tag in _VOID:
+            return
+        self.stack.append(tag)
+        if tag in _SKIP or self.skip_depth:
+            self.skip_depth += 1
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID and self.stack and self.stack[-1] == tag:
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag):
+        if tag in _VOID or tag not in self.stack:
+            return
+        while self.stack:
+            top = self.stack.pop()
+            if self.skip_depth:
+                self.skip_depth -= 1
+            if top == tag:
+                break
+
+    def handle_data(self, data):
+        if not self.skip_depth:
+            self.text.append(data)
+
+
+def page_problems(dom: str) -> list[str]:
+    """What is wrong with a page after the browser ran its scripts (empty list: it renders).
+
+    Parameters
+    ----------
+    dom : str
+        The page's DOM serialised after rendering (``chromium --dump-dom``).
+    """
+    scan = _PageScan()
+    scan.feed(dom)
+    scan.close()
+    text = "".join(scan.text)
+    problems = []
+    raw = sorted({m.group(0) for m in RAW_TEX.finditer(text)})
+    if raw:
+        i = RAW_TEX.search(text).start()
+        context = " ".join(text[max(0, i - 60) : i + 60].split())
+        problems.append(f"raw TeX {raw} left in the text (MathJax did not typeset it), near: {context!r}")
+    if scan.math_spans and not scan.mathjax:
+        problems.append(f"{scan.math_spans} math elements but no MathJax output (<mjx-container>)")
+    if (scan.widget_state or scan.widget_views) and scan.widgets < max(1, scan.widget_views):
+        problems.append(
+            f"the page embeds widget state ({scan.widget_views} widget views) but shows "
+            f"{scan.widgets} rendered widgets (.jupyter-widgets)"
+        )
+    rest = RAW_REST.search(text)
+    if rest:
+        problems.append(f"raw reStructuredText shown as text: {rest.group(0).strip()!r} (use an eval-rst block)")
+    return problems
+
+
+def test_page_problems_detects_raw_tex():
+    page = '<html><body><p>Let <span class="math">\\(x^2\\)</span> be</p><div class="math">$$y$$</div></body></html>'
+    problems = page_problems(page)
+    assert any("raw TeX" in p for p in problems)
+    assert any("no MathJax output" in p for p in problems)
+
+
+def test_page_problems_accepts_typeset_math_and_code():
+    page = (
+        '<html><body><p>Let <span class="math"><mjx-container class="MathJax">'
+        "<mjx-assistive-mml><math><mi>x</mi></math></mjx-assistive-mml></mjx-container></span> be.</p>"
+        "<pre>echo $$ \\(not math\\)</pre><p>Costs <code>$$</code> nothing.</p><br><img src=a.png></body></html>"
+    )
+    assert page_problems(page) == []
+
+
+def test_page_problems_detects_missing_widgets():
+    state = '<script type="application/vnd.jupyter.widget-state+json">{"state": {}}</script>'
+    view = '<script type="application/vnd.jupyter.widget-view+json">{"model_id": "a"}</script>'
+    empty = f"<html><body>{state}<div>{view}</div></body></html>"
+    assert any("widget" in p for p in page_problems(empty))
+    rendered = (
+        f"<html><body>{state}<div>{view}<div class=\"lm-Widget jupyter-widgets widget-slider\">"
+        '<div class="widget-label">sigma</div></div></div></body></html>'
+    )
+    assert page_problems(rendered) == []
+
+
+def test_page_problems_detects_raw_rest():
+    page = "<html><body><p>.. py:function:: f(x)</p><p>:param x: the input</p></body></html>"
+    assert any("reStructuredText" in p for p in page_problems(page))
+
+
+def _chromium() -> str | None:
+    for name in (os.environ.get("LEMMSE_CHROMIUM"), "chromium", "chromium-browser"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _dump_dom(chromium: str, page: Path) -> str:
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    if proc.returncode != 0 or "</html>" not in proc.stdout:
+        raise RuntimeError(f"chromium failed on {page.name} (rc {proc.returncode}): {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory) -> Path:
+    """The website built from the working tree into a temporary folder (strict build)."""
+    if _chromium() is None:
+        pytest.skip("rendering check skipped: Chromium not installed (Debian: apt-get install chromium)")
+    vendor = subprocess.run(["bash", str(ROOT / "scripts" / "vendor_js.sh")], cwd=ROOT, capture_output=True, text=True)
+    if vendor.returncode != 0:
+        if shutil.which("npm") is None and not (ROOT / "_vendor").is_dir():
+            pytest.skip("rendering check skipped: npm is needed once to vendor MathJax and the widget manager")
+        pytest.fail(f"scripts/vendor_js.sh failed:\n{vendor.stdout}\n{vendor.stderr}")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    jb = str(jb) if jb.exists() else shutil.which("jupyter-book")
+    if jb is None:
+        pytest.skip("rendering check skipped: jupyter-book is not installed")
+    out = tmp_path_factory.mktemp("site")
+    proc = subprocess.run(
+        [jb, "build", "-W", "-n", "--keep-going", "--path-output", str(out), str(ROOT)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    warnings = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "WARNING" in line]
+    assert proc.returncode == 0 and not warnings, (
+        "the strict website build failed (as `make book` would):\n" + "\n".join(warnings or [proc.stdout[-3000:]])
+    )
+    return out / "_build" / "html"
+
+
+def test_website_renders(built_site: Path):
+    pages = sorted((built_site / "book").glob("*.html")) + [built_site / "index.html"]
+    pages = [p for p in pages if p.exists()]
+    assert any(p.name.startswith("01_") for p in pages), f"chapter pages missing from {built_site}"
+    chromium = _chromium()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        doms = dict(zip(pages, pool.map(lambda p: _dump_dom(chromium, p), pages)))
+    report = {p.relative_to(built_site).as_posix(): page_problems(dom) for p, dom in doms.items()}
+    bad = {page: problems for page, problems in report.items() if problems}
+    assert not bad, "pages that do not render:\n" + "\n".join(f"{page}: {'; '.join(p)}" for page, p in bad.items())
+    # The check has something to check: the chapter pages carry typeset math.
+    chapter = next(dom for p, dom in doms.items() if p.name.startswith("01_"))
+    assert "<mjx-container" in chapter, "chapter 1 shows no typeset math"
