@@ -1,0 +1,26 @@
+"""lemmse: the Local-Equivariant MMSE, an analytic model of CNN inverse-problem solvers.
+
+The public names are gathered here; each lives in a small module of its own:
+
+- :mod:`lemmse.operators`: forward operators (``Denoising``, ``Inpainting``, ``Blur``) and
+  pre-inverses;
+- :mod:`lemmse.data`: loaders for FashionMNIST, CIFAR-10 and FFHQ-32;
+- :mod:`lemmse.estimators`: ``MMSE``, ``EquivariantMMSE``, ``LocalMMSE``, ``LEMMSE``;
+- :mod:`lemmse.engine`: the streaming attention engine behind them;
+- :mod:`lemmse.metrics`: ``psnr``.
+"""
+
+from lemmse.data import data_root, load_dataset, load_labels
+from lemmse.estimators import (LEMMSE, MMSE, EquivariantMMSE, LocalMMSE, Posterior,
+                               extract_patches)
+from lemmse.metrics import psnr
+from lemmse.operators import Blur, Denoising, Inpainting, Operator, preinverse
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Blur", "Denoising", "Inpainting", "Operator", "preinverse",
+    "data_root", "load_dataset", "load_labels",
+    "MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches",
+    "psnr",
+]

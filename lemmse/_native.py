@@ -81,7 +81,7 @@ def load_kernel():
             p = ctypes.c_void_p
             i64 = ctypes.c_int64
             fn.argtypes = [p, p, i64, i64, p, p, p, i64, i64, p, p, p, p, p, i64, p, p,
-                           ctypes.c_int]
+                           ctypes.c_int, ctypes.c_int]
             fn.restype = ctypes.c_int
         except (OSError, RuntimeError, subprocess.CalledProcessError):
             fn = None

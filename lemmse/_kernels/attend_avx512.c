@@ -21,6 +21,10 @@
  *   m   [M]                running maximum, -inf initially
  *   acc [M][Cv+1][16]      lane-wise partial sums: denominator first, then the Cv numerators
  *
+ * With direct != 0 the logit is computed from explicit differences instead,
+ *     l(q, k) = qscale_q * sum_d (q_d - k_d)^2,   qscale_q = -log2(e) / (2 sigma_q^2),
+ * with Q holding the raw query rows: no cancellation, for small sigma (about 2x the work).
+ *
  * Each query row is processed by exactly one thread, in key order: results do not depend on
  * the number of threads (deterministic).
  */
@@ -92,6 +96,55 @@ static void tile_##QT##_##CV(const float *Q, const float *qscale, int64_t D,    
 }
 
 
+#define DEFINE_TILE_DIRECT(QT, CV)                                                                        \
+static void dtile_##QT##_##CV(const float *Q, const float *qscale, int64_t D,                          \
+                      const float *Kt, const float *kb, const float *Vt,            \
+                      int64_t b0, int64_t b1, int nlast, float *m, float *acc) {               \
+    const int64_t Cv = CV, S = (CV + 1) * 16;                                                  \
+    __m512 st[QT][CV + 1];                                                                          \
+    float mm[QT];                                                                              \
+    for (int t = 0; t < QT; t++) {                                                             \
+        mm[t] = m[t];                                                                          \
+        for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_loadu_ps(acc + t * S + c * 16);   \
+    }                                                                                          \
+    for (int64_t b = b0; b < b1; b++) {                                                        \
+        const float *K = Kt + b * D * 16;                                                      \
+        const __m512 bias = _mm512_loadu_ps(kb + b * 16);                                      \
+        __m512 l[QT];                                                                          \
+        for (int t = 0; t < QT; t++) l[t] = _mm512_setzero_ps(); (void)bias;             \
+        for (int64_t d = 0; d < D; d++) {                                                      \
+            const __m512 kv = _mm512_loadu_ps(K + d * 16);                                     \
+            for (int t = 0; t < QT; t++)                                                       \
+            {   __m512 df = _mm512_sub_ps(_mm512_set1_ps(Q[t * D + d]), kv);                   \
+                l[t] = _mm512_fmadd_ps(df, df, l[t]); }                                         \
+        }                                                                                      \
+        for (int t = 0; t < QT; t++) l[t] = _mm512_mul_ps(l[t], _mm512_set1_ps(qscale[t]));   \
+        const __mmask16 valid = (b == b1 - 1) ? (__mmask16)((1u << nlast) - 1u) : 0xFFFF;      \
+        const float *V = Vt + b * Cv * 16;                                                     \
+        for (int t = 0; t < QT; t++) {                                                         \
+            __mmask16 big = _mm512_mask_cmp_ps_mask(valid, l[t],                               \
+                                _mm512_set1_ps(mm[t] + SLACK), _CMP_GT_OQ);                     \
+            if (big) {                                                                         \
+                float bm = _mm512_mask_reduce_max_ps(valid, l[t]);                              \
+                float nm = bm > mm[t] ? bm : mm[t];                                            \
+                __m512 sc = _mm512_set1_ps(exp2f(mm[t] - nm));                                 \
+                for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_mul_ps(st[t][c], sc);      \
+                mm[t] = nm;                                                                    \
+            }                                                                                  \
+            __m512 e = exp2_ps(_mm512_sub_ps(l[t], _mm512_set1_ps(mm[t])));                    \
+            e = _mm512_maskz_mov_ps(valid, e);                                                 \
+            st[t][0] = _mm512_add_ps(st[t][0], e);                                             \
+            for (int64_t c = 0; c < Cv; c++)                                                   \
+                st[t][c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(V + c * 16), st[t][c + 1]);   \
+        }                                                                                      \
+    }                                                                                          \
+    for (int t = 0; t < QT; t++) {                                                             \
+        m[t] = mm[t];                                                                          \
+        for (int64_t c = 0; c <= Cv; c++) _mm512_storeu_ps(acc + t * S + c * 16, st[t][c]);    \
+    }                                                                                          \
+}
+
+
 DEFINE_TILE(1, 1)
 DEFINE_TILE(2, 1)
 DEFINE_TILE(4, 1)
@@ -109,20 +162,41 @@ DEFINE_TILE(2, 4)
 DEFINE_TILE(4, 4)
 DEFINE_TILE(8, 4)
 
+DEFINE_TILE_DIRECT(1, 1)
+DEFINE_TILE_DIRECT(2, 1)
+DEFINE_TILE_DIRECT(4, 1)
+DEFINE_TILE_DIRECT(8, 1)
+DEFINE_TILE_DIRECT(1, 2)
+DEFINE_TILE_DIRECT(2, 2)
+DEFINE_TILE_DIRECT(4, 2)
+DEFINE_TILE_DIRECT(8, 2)
+DEFINE_TILE_DIRECT(1, 3)
+DEFINE_TILE_DIRECT(2, 3)
+DEFINE_TILE_DIRECT(4, 3)
+DEFINE_TILE_DIRECT(8, 3)
+DEFINE_TILE_DIRECT(1, 4)
+DEFINE_TILE_DIRECT(2, 4)
+DEFINE_TILE_DIRECT(4, 4)
+DEFINE_TILE_DIRECT(8, 4)
+
 typedef void (*tile_fn)(const float *, const float *, int64_t, const float *, const float *,
                         const float *, int64_t, int64_t, int, float *, float *);
 static const tile_fn TILES[4][4] = {
     {tile_1_1, tile_2_1, tile_4_1, tile_8_1}, {tile_1_2, tile_2_2, tile_4_2, tile_8_2},
     {tile_1_3, tile_2_3, tile_4_3, tile_8_3}, {tile_1_4, tile_2_4, tile_4_4, tile_8_4}};
+static const tile_fn DTILES[4][4] = {
+    {dtile_1_1, dtile_2_1, dtile_4_1, dtile_8_1}, {dtile_1_2, dtile_2_2, dtile_4_2, dtile_8_2},
+    {dtile_1_3, dtile_2_3, dtile_4_3, dtile_8_3}, {dtile_1_4, dtile_2_4, dtile_4_4, dtile_8_4}};
 
 /* 1 <= Cv <= 4 (values are the C channels of a centre pixel). Returns 0 on success. */
 int lemmse_attend_f32(const float *Q, const float *qscale, int64_t M, int64_t D,
                       const float *Kt, const float *kb, const float *Vt, int64_t Cv,
                       int64_t G, const int64_t *q0, const int64_t *q1,
                       const int64_t *b0, const int64_t *b1, const int64_t *nlast,
-                      int64_t kchunk_blocks, float *m, float *acc, int nthreads) {
+                      int64_t kchunk_blocks, float *m, float *acc, int nthreads,
+                      int direct) {
     if (Cv < 1 || Cv > 4) return 1;
-    const tile_fn *T = TILES[Cv - 1];
+    const tile_fn *T = direct ? DTILES[Cv - 1] : TILES[Cv - 1];
     (void)M;
     const int64_t S = (Cv + 1) * 16;
     /* work items: (group, query tile of <= 8 rows, key sub-range of <= kchunk_blocks blocks).

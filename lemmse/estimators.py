@@ -1,0 +1,542 @@
+"""The four constrained empirical MMSE estimators (book chapters 2–6).
+
+Each estimator is built once from a training set ``train`` ``[N, C, H, W]`` and a forward
+operator, and called as ``est(y, sigma)`` on a batch of measurements ``y = A x + σ e``
+``[B, C, H, W]``; it applies the pre-inverse ``B`` itself and returns ``x_hat`` ``[B, C, H, W]``.
+All boundaries are circular.
+
+================  ==========================================================  ============
+estimator         formula (agnostic, ``B = I``)                               chapter
+================  ==========================================================  ============
+``MMSE``          Σ_n softmax_n(-‖y - A x_n‖²/2σ²) x_n                        2
+``EquivariantMMSE`` Σ_{n,g} softmax_{n,g}(-‖y - T_g A x_n‖²/2σ²) T_g x_n       3
+``LocalMMSE``     x̂[i] = Σ_n softmax_n(-‖Π_i y - Π_i A x_n‖²/2σ²) x_n[i]       4
+``LEMMSE``        x̂[i] = Σ_{n,j} softmax_{n,j}(-‖Π_i y - Π_j A x_n‖²/2σ²) x_n[j] 5
+================  ==========================================================  ============
+
+Physics-aware variants (``preinverse="inverse"``, chapter 6): for a blur, ``B`` is the
+regularised inverse filter and distances are Mahalanobis for the patch noise covariance
+``σ² S``, ``S = Π B Bᵀ Πᵀ`` (computed by whitening queries and keys with ``L⁻¹``, ``S = L Lᵀ``,
+in float64); for inpainting, ``B`` is the mask and a query position only sees key positions with
+the same observed-pixel pattern, with distances over the observed pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lemmse.engine import (DEFAULT_MEMORY_BUDGET, KeyChunk, StreamingAttention, no_tf32)
+from lemmse.operators import Denoising, Operator, preinverse as make_preinverse
+
+__all__ = ["MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches"]
+
+
+# ---------------------------------------------------------------------------- helpers
+def extract_patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Circular ``P × P`` patches around every pixel.
+
+    Parameters
+    ----------
+    x : Tensor ``[N, C, H, W]``
+    patch_size : int
+        Odd ``P <= min(H, W)``.
+
+    Returns
+    -------
+    Tensor ``[N, H*W, C*P*P]``
+        Row ``i = h*W + w`` is the patch centred at pixel ``(h, w)``, flattened in
+        ``(channel, row, column)`` order.
+    """
+    r = patch_size // 2
+    xp = F.pad(x, (r, r, r, r), mode="circular") if r > 0 else x
+    return F.unfold(xp, patch_size).transpose(1, 2)
+
+
+@dataclass
+class Posterior:
+    """Estimate and diagnostics of the weights behind every output pixel (chapter 5).
+
+    Attributes
+    ----------
+    x_hat : Tensor ``[B, C, H, W]``
+    log_density : Tensor ``[B, H, W]``
+        ``log( (1/K) Σ_k N(q; k, σ² I_D) )``: the log of the Gaussian-smoothed empirical density
+        of the ``K`` admissible measured training patches at the query patch ``q`` (whitened
+        coordinates for the physics-aware blur).
+    n50 : Tensor ``[B, H, W]`` (int64)
+        Smallest number of largest weights whose sum reaches 0.5.
+    participation : Tensor ``[B, H, W]``
+        Participation ratio ``1 / Σ_k w_k²`` (effective number of patches).
+    topk_weights : Tensor ``[B, H, W, k]``
+        The ``k`` largest normalised weights, in decreasing order.
+    topk_image : Tensor ``[B, H, W, k]`` (int64)
+        Training image index of each of those weights.
+    topk_position : Tensor ``[B, H, W, k, 2]`` (int64)
+        ``(row, column)`` of the centre of the source patch (``(0, 0)`` for the MMSE).
+    """
+
+    x_hat: torch.Tensor
+    log_density: torch.Tensor
+    n50: torch.Tensor
+    participation: torch.Tensor
+    topk_weights: torch.Tensor
+    topk_image: torch.Tensor
+    topk_position: torch.Tensor
+
+
+def _check_images(x, name, *, dtype=None, shape=None, device=None):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, C, H, W], got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape [B, C, H, W] (4 dimensions), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it needs at least one image, got {tuple(x.shape)}")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{name} has images of shape {tuple(x.shape[1:])} (C, H, W), but the "
+                         f"training set has {tuple(shape)}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"{name} has dtype {x.dtype}, but the estimator computes in {dtype}; "
+                         f"convert it with {name}.to({dtype})")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on device {x.device}, but the training set is on {device}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return x
+
+
+def _check_sigma(sigma, batch, dtype, device):
+    if isinstance(sigma, bool):
+        raise TypeError("sigma must be a float or one value per image, got a bool")
+    if isinstance(sigma, numbers.Real):
+        s = torch.full((batch,), float(sigma), dtype=dtype, device=device)
+    else:
+        try:
+            s = torch.as_tensor(sigma, dtype=dtype, device=device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"sigma must be a float or a sequence/tensor of {batch} floats, "
+                            f"got {type(sigma).__name__}") from None
+        if s.ndim == 0:
+            s = s.expand(batch)
+        if s.ndim != 1 or s.shape[0] != batch:
+            raise ValueError(f"sigma must be a float or have one value per image ({batch}), got "
+                             f"shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all() or not (s > 0).all():
+        raise ValueError(f"sigma must be positive and finite, got {s.tolist()}")
+    return s.contiguous()
+
+
+# ---------------------------------------------------------------------------- base class
+class _Estimator:
+    """Shared construction, validation and pre-inverse handling."""
+
+    _supports_inverse = True
+
+    def __init__(self, train, operator=None, preinverse="identity", *, dtype=None,
+                 memory_budget=DEFAULT_MEMORY_BUDGET, backend="auto"):
+        _check_images(train, "train")
+        operator = Denoising() if operator is None else operator
+        if not isinstance(operator, Operator):
+            raise TypeError(f"operator must be a lemmse.operators.Operator (Denoising, Inpainting,"
+                            f" Blur), got {type(operator).__name__}")
+        if dtype is None:
+            dtype = train.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if not isinstance(memory_budget, numbers.Integral) or memory_budget < 4096:
+            raise ValueError(f"memory_budget must be an integer number of bytes >= 4096, got "
+                             f"{memory_budget!r}")
+        if backend not in ("auto", "native", "torch"):
+            raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}")
+        self.B = make_preinverse(operator, preinverse)  # validates the kind
+        if self.B.kind == "inverse" and not self._supports_inverse and \
+                not isinstance(operator, Denoising):
+            raise ValueError(f"preinverse='inverse' is not available for "
+                             f"{type(self).__name__}; use LEMMSE or LocalMMSE for the "
+                             f"physics-aware estimators")
+        try:
+            operator.A(train[:1])
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"operator {operator!r} does not fit the training images of shape "
+                             f"{tuple(train.shape[1:])}: {e}") from None
+        self.train = train.to(dtype)
+        self.operator = operator
+        self.preinverse = preinverse
+        self.dtype = dtype
+        self.device = train.device
+        self.memory_budget = int(memory_budget)
+        self.backend = backend
+        self.N, self.C, self.H, self.W = train.shape
+        # centring offset (per channel): distances are invariant to it, fp32 cancellation is not
+        self._offset = self.train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+
+    # measured, pre-inverted, centred training images.  An inverse filter amplifies the
+    # round-off of an fp32 FFT by up to 1/|k̂|, so pre-inverses are applied in float64.
+    def _keys_images(self, x):
+        if self.B.kind == "inverse" and hasattr(self.B, "transfer"):
+            return (self.B(self.operator.A(x.double())) - self._offset).to(self.dtype)
+        return self.B(self.operator.A(x)) - self._offset
+
+    def _query_images(self, y):
+        if self.B.kind == "inverse" and hasattr(self.B, "transfer"):
+            return (self.B(y.double()) - self._offset).to(self.dtype)
+        return self.B(y) - self._offset
+
+    def _prepare(self, y, sigma):
+        _check_images(y, "y", dtype=self.dtype, shape=(self.C, self.H, self.W), device=self.device)
+        return y, _check_sigma(sigma, y.shape[0], self.dtype, self.device)
+
+    def _images_per_chunk(self, bytes_per_image):
+        return max(1, min(self.N, self.memory_budget // max(1, 4 * bytes_per_image)))
+
+    def __call__(self, y, sigma):
+        """Estimate ``x`` from the measurement ``y`` at noise level ``sigma``.
+
+        Parameters
+        ----------
+        y : Tensor ``[B, C, H, W]``
+            Measurements ``A x + σ e`` (same dtype and device as the estimator).
+        sigma : float or sequence/Tensor ``[B]``
+            Noise standard deviation, one value for all images or one per image.
+
+        Returns
+        -------
+        Tensor ``[B, C, H, W]``
+        """
+        y, s = self._prepare(y, sigma)
+        with torch.no_grad(), no_tf32():
+            return self._estimate(y, s)
+
+    def __repr__(self):
+        extra = f", patch_size={self.patch_size}" if hasattr(self, "patch_size") else ""
+        return (f"{type(self).__name__}(N={self.N}, image=({self.C}, {self.H}, {self.W}){extra}, "
+                f"operator={self.operator!r}, preinverse={self.preinverse!r}, dtype={self.dtype})")
+
+
+# ---------------------------------------------------------------------------- patch family
+class _PatchAttention(_Estimator):
+    """Estimators of the form x̂[i] = Σ_{admissible (n, j)} softmax(-d(Π_i v, Π_j v_n)) x_n[j]."""
+
+    def __init__(self, train, operator=None, patch_size=5, preinverse="identity", **kw):
+        super().__init__(train, operator, preinverse, **kw)
+        if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral):
+            raise TypeError(f"patch_size must be an odd integer, got {patch_size!r}")
+        if patch_size < 1 or patch_size % 2 == 0:
+            raise ValueError(f"patch_size must be odd and positive, got {patch_size}")
+        if patch_size > min(self.H, self.W):
+            raise ValueError(f"patch_size must be at most the image size {min(self.H, self.W)}, "
+                             f"got {patch_size}")
+        self.patch_size = int(patch_size)
+        self.D = self.C * patch_size ** 2
+        self._whiten = self._whitening()  # float64 L^-T or None
+        self._gid = self._position_groups()  # [H*W] group id of each position, or None
+
+    # --- physics-aware machinery -------------------------------------------------------
+    def _whitening(self):
+        """``L⁻ᵀ`` (so that patches @ it are whitened) for a stationary pre-inverse, else None."""
+        if self.B.kind != "inverse" or not hasattr(self.B, "transfer"):
+            return None
+        H, W, P = self.H, self.W, self.patch_size
+        bhat = self.B.transfer(H, W, torch.float64, "cpu")
+        r = torch.fft.ifft2(bhat.abs() ** 2).real  # autocorrelation of the filter
+        a = torch.arange(P)
+        dh = (a[:, None, None, None] - a[None, None, :, None]) % H
+        dw = (a[None, :, None, None] - a[None, None, None, :]) % W
+        S = r[dh, dw].reshape(P * P, P * P)
+        S = torch.kron(torch.eye(self.C, dtype=torch.float64), S)
+        L = torch.linalg.cholesky(S)
+        Linv = torch.linalg.solve_triangular(L, torch.eye(S.shape[0], dtype=torch.float64),
+                                             upper=False)
+        return Linv.T.to(self.device).contiguous()
+
+    def _mask_patterns(self):
+        mask = getattr(self.B, "mask", None)
+        if self.B.kind != "inverse" or mask is None:
+            return None
+        m = mask.to(torch.float64).expand(1, self.C, self.H, self.W)
+        return extract_patches(m, self.patch_size)[0]  # [H*W, D]
+
+    def _position_groups(self):
+        raise NotImplementedError
+
+    def _patches(self, v):
+        if self._whiten is None:
+            return extract_patches(v, self.patch_size)
+        return (extract_patches(v.double(), self.patch_size) @ self._whiten).to(self.dtype)
+
+    # --- layout --------------------------------------------------------------------------
+    def _layout(self):
+        """Position order (sorted by group) and per-group position offsets."""
+        HW = self.H * self.W
+        if self._gid is None:
+            return None, None
+        order = torch.argsort(self._gid, stable=True)
+        counts = torch.bincount(self._gid, minlength=int(self._gid.max()) + 1)
+        counts = counts[counts > 0]
+        ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+        ptr[1:] = torch.cumsum(counts, 0)
+        assert int(ptr[-1]) == HW
+        return order, ptr
+
+    def _run(self, y, s, track=False, topk=8):
+        Bn, HW, C = y.shape[0], self.H * self.W, self.C
+        order, pos_ptr = self._layout()
+        q = self._patches(self._query_images(y))  # [B, HW, D]
+        sig = s[:, None].expand(Bn, HW)
+        if order is None:
+            Q, S, q_ptr = q.reshape(-1, self.D), sig.reshape(-1), None
+        else:
+            Q = q[:, order].transpose(0, 1).reshape(-1, self.D)
+            S = sig[:, order].transpose(0, 1).reshape(-1)
+            q_ptr = pos_ptr * Bn
+        att = StreamingAttention(Q.contiguous(), S.contiguous(), q_ptr, value_dim=C,
+                                 memory_budget=self.memory_budget, backend=self.backend,
+                                 track=track, topk=topk)
+        per_image = HW * (self.D + C + 2) * self.dtype.itemsize * 3
+        step = self._images_per_chunk(per_image)
+        passes = 2 if track else 1
+        for p in range(passes):
+            if p == 1:
+                att.begin_second_pass()
+            for n0 in range(0, self.N, step):
+                att.update(self._chunk(n0, min(self.N, n0 + step), order, pos_ptr, track))
+        out, lse = att.result()
+        # back to [B, HW, ...] in position order
+        if order is None:
+            out, lse = out.view(Bn, HW, C), lse.view(Bn, HW)
+            unsort = None
+        else:
+            unsort = torch.argsort(order)
+            out = out.view(HW, Bn, C).transpose(0, 1)[:, unsort]
+            lse = lse.view(HW, Bn).transpose(0, 1)[:, unsort]
+        x_hat = out.transpose(1, 2).reshape(Bn, C, self.H, self.W)
+        if not track:
+            return x_hat
+        return x_hat, lse, att, unsort
+
+    def _chunk(self, n0, n1, order, pos_ptr, track):
+        x = self.train[n0:n1]
+        k = self._patches(self._keys_images(x))  # [Nc, HW, D]
+        v = x.flatten(2).transpose(1, 2)  # [Nc, HW, C] centre pixels
+        Nc, HW = k.shape[0], k.shape[1]
+        ids = None
+        if order is None:
+            keys, vals = k.reshape(-1, self.D), v.reshape(-1, self.C)
+            if track:
+                ids = torch.arange(n0 * HW, n1 * HW, device=self.device)
+            return KeyChunk(keys, vals, None, ids)
+        keys = k[:, order].transpose(0, 1).reshape(-1, self.D)
+        vals = v[:, order].transpose(0, 1).reshape(-1, self.C)
+        if track:
+            n_idx = torch.arange(n0, n1, device=self.device)
+            ids = (n_idx[None, :] * HW + order.to(self.device)[:, None]).reshape(-1)
+        return KeyChunk(keys.contiguous(), vals.contiguous(), pos_ptr * Nc, ids)
+
+    def _estimate(self, y, s):
+        return self._run(y, s)
+
+    def posterior(self, y, sigma, topk=8):
+        """Estimate plus the diagnostics of the weights (see :class:`Posterior`).
+
+        Uses the torch back-end and two passes over the training set (slower than a call).
+        """
+        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
+            raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        y, s = self._prepare(y, sigma)
+        with torch.no_grad(), no_tf32():
+            _, lse, att, unsort = self._run(y, s, track=True, topk=int(topk))
+            x_hat = self._run(y, s)  # the estimate exactly as a call computes it
+            Bn, H, W = y.shape[0], self.H, self.W
+            HW = H * W
+            d = att.diagnostics()
+            K = att.n_keys.to(self.dtype).to(self.device)
+            sq = s[:, None].expand(Bn, HW)
+            if unsort is None:
+                K = K.view(Bn, HW)
+            else:
+                K = K.view(HW, Bn).transpose(0, 1)[:, unsort]
+            logdens = lse - torch.log(K) - 0.5 * self.D * torch.log(2 * math.pi * sq ** 2)
+
+            def back(t):
+                t = t.view(Bn, HW, *t.shape[1:]) if unsort is None else \
+                    t.view(HW, Bn, *t.shape[1:]).transpose(0, 1)[:, unsort]
+                return t.reshape(Bn, H, W, *t.shape[2:])
+
+            ids = back(d["topk_ids"])
+            img = torch.div(ids, HW, rounding_mode="floor")
+            pos = ids % HW
+            position = torch.stack([torch.div(pos, W, rounding_mode="floor"), pos % W], -1)
+            position = torch.where(ids[..., None] >= 0, position, torch.full_like(position, -1))
+            img = torch.where(ids >= 0, img, torch.full_like(img, -1))
+            return Posterior(x_hat, logdens.view(Bn, H, W), back(d["n50"]),
+                             back(d["participation"]), back(d["topk_weights"]), img, position)
+
+
+class LEMMSE(_PatchAttention):
+    """Local-equivariant MMSE (chapter 5): x̂[i] = Σ_{n,j} softmax_{n,j}(-‖Π_i v - Π_j v_n‖²/2σ²) x_n[j].
+
+    Parameters
+    ----------
+    train : Tensor ``[N, C, H, W]``
+        Training images (the empirical prior); their dtype is the default compute dtype.
+    operator : Operator, default ``Denoising()``
+    patch_size : int, default 5
+        Odd receptive field ``P`` (``P × P`` windows, all channels jointly: ``D = C P²``).
+    preinverse : {"identity", "inverse"}
+        Physics-agnostic (``B = I``) or physics-aware (blur: whitened distance; inpainting:
+        observed-pattern groups).
+    dtype : torch.dtype, optional
+        ``torch.float32`` (default for fp32 training data) or ``torch.float64``.
+    memory_budget : int
+        Bound in bytes on the working memory (default 1 GiB); the training set is streamed in
+        chunks that fit.
+    backend : {"auto", "native", "torch"}
+        See :mod:`lemmse.engine`.
+
+    Examples
+    --------
+    >>> est = LEMMSE(train, patch_size=5)          # doctest: +SKIP
+    >>> x_hat = est(y, sigma=0.2)                  # doctest: +SKIP
+    """
+
+    def _position_groups(self):
+        pat = self._mask_patterns()
+        if pat is None:
+            return None
+        _, gid = torch.unique(pat, dim=0, return_inverse=True)
+        if int(gid.max()) == 0:
+            return None
+        return gid.to(torch.int64).cpu()
+
+
+class LocalMMSE(_PatchAttention):
+    """Local (not equivariant) MMSE (chapter 4): x̂[i] = Σ_n softmax_n(-‖Π_i v - Π_i v_n‖²/2σ²) x_n[i].
+
+    Every pixel position has its own key bank (the training patches at that same position).
+    Parameters as :class:`LEMMSE`.  With ``preinverse="inverse"`` and a mask, distances are over
+    the observed pixels of the window (all keys at one position share its pattern).
+    """
+
+    def _position_groups(self):
+        return torch.arange(self.H * self.W, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------- global ones
+class MMSE(_Estimator):
+    """Unconstrained empirical MMSE (chapter 2): x̂ = Σ_n softmax_n(-‖v - v_n‖²/2σ²) x_n.
+
+    Parameters as :class:`LEMMSE` without ``patch_size``.  With ``preinverse="inverse"``, a mask
+    restricts distances to the observed pixels, and for a blur the whitened distance equals the
+    distance between the measurements themselves (``B`` is invertible), so the agnostic and
+    aware MMSE coincide.
+    """
+
+    def _flat(self, v):
+        v = v.flatten(1)
+        mask = getattr(self.B, "mask", None)
+        if self.B.kind == "inverse" and mask is not None:
+            keep = mask.expand(1, self.C, self.H, self.W).flatten().bool()
+            v = v[:, keep]
+        return v
+
+    def _query_images(self, y):  # physics-aware blur == agnostic (see class docstring)
+        if self.B.kind == "inverse" and hasattr(self.B, "transfer"):
+            return y - self._offset
+        return super()._query_images(y)
+
+    def _keys_images(self, x):
+        if self.B.kind == "inverse" and hasattr(self.B, "transfer"):
+            return self.operator.A(x) - self._offset
+        return super()._keys_images(x)
+
+    def _run(self, y, s, track=False, topk=8):
+        Q = self._flat(self._query_images(y)).contiguous()
+        D = Q.shape[1]
+        Cv = self.C * self.H * self.W
+        att = StreamingAttention(Q, s, None, value_dim=Cv, memory_budget=self.memory_budget,
+                                 backend="torch", track=track, topk=topk)
+        step = self._images_per_chunk((D + Cv) * self.dtype.itemsize * 2)
+        for p in range(2 if track else 1):
+            if p == 1:
+                att.begin_second_pass()
+            for n0 in range(0, self.N, step):
+                x = self.train[n0:n0 + step]
+                ids = torch.arange(n0, n0 + x.shape[0], device=self.device) if track else None
+                att.update(KeyChunk(self._flat(self._keys_images(x)).contiguous(),
+                                    x.flatten(1), None, ids))
+        out, lse = att.result()
+        return out.view(-1, self.C, self.H, self.W), lse, att, D
+
+    def _estimate(self, y, s):
+        return self._run(y, s)[0]
+
+    def posterior(self, y, sigma, topk=8):
+        """Estimate plus weight diagnostics; per-pixel fields are constant over the image."""
+        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
+            raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        y, s = self._prepare(y, sigma)
+        with torch.no_grad(), no_tf32():
+            _, lse, att, D = self._run(y, s, track=True, topk=int(topk))
+            x_hat = self._estimate(y, s)
+            d = att.diagnostics()
+            Bn, H, W = y.shape[0], self.H, self.W
+            logdens = lse - math.log(self.N) - 0.5 * D * torch.log(2 * math.pi * s ** 2)
+
+            def field(t):
+                return t.view(Bn, 1, 1, *t.shape[1:]).expand(Bn, H, W, *t.shape[1:])
+
+            ids = d["topk_ids"]
+            pos = torch.where(ids[..., None] >= 0, torch.zeros(*ids.shape, 2, dtype=torch.int64,
+                                                                device=ids.device), -1)
+            return Posterior(x_hat, field(logdens), field(d["n50"]), field(d["participation"]),
+                             field(d["topk_weights"]), field(ids), field(pos))
+
+
+class EquivariantMMSE(_Estimator):
+    """Translation-equivariant MMSE (chapter 3).
+
+    x̂ = Σ_{n,g} w_{n,g} T_g x_n with w = softmax_{n,g}(-‖y - T_g A x_n‖²/2σ²) over all ``H·W``
+    circular shifts ``g``.  The correlations ``⟨y, T_g A x_n⟩`` for all shifts and the output
+    ``Σ_n w_n ⊛ x_n`` are computed with FFTs (float64 internally, as the logits at small σ
+    need it), streaming over chunks of training images with an online log-sum-exp.
+    Physics-agnostic only (``preinverse="identity"``).
+    """
+
+    _supports_inverse = False
+
+    def _estimate(self, y, s):
+        f64 = torch.float64
+        v = self._query_images(y).to(f64)  # [B, C, H, W]
+        Bn = v.shape[0]
+        Vf = torch.fft.rfft2(v)
+        inv_var = (1.0 / s.to(f64) ** 2).view(Bn, 1, 1, 1)
+        m = torch.full((Bn,), -math.inf, dtype=f64, device=self.device)
+        den = torch.zeros(Bn, dtype=f64, device=self.device)
+        num = torch.zeros(Bn, self.C, self.H, self.W, dtype=f64, device=self.device)
+        per_image = self.C * self.H * self.W * 16 * (Bn + 2)
+        step = self._images_per_chunk(per_image)
+        for n0 in range(0, self.N, step):
+            x = self.train[n0:n0 + step].to(f64)
+            a = self._keys_images(x).to(f64)
+            Af = torch.fft.rfft2(a)
+            # corr[b, n, g] = Σ_c Σ_p v[b,c,p] a[n,c,p-g]
+            corr = torch.fft.irfft2((Vf[:, None] * Af.conj()[None]).sum(2), s=(self.H, self.W))
+            half = 0.5 * (a * a).sum(dim=(1, 2, 3))
+            L = (corr - half.view(1, -1, 1, 1)) * inv_var  # [B, Nc, H, W]
+            bm = L.amax(dim=(1, 2, 3))
+            m_new = torch.maximum(m, bm)
+            scale = torch.exp(m - m_new)
+            Wt = torch.exp(L - m_new.view(Bn, 1, 1, 1))
+            den = den * scale + Wt.sum(dim=(1, 2, 3))
+            Xf = torch.fft.rfft2(x)  # [Nc, C, H, W/2+1]
+            conv = torch.fft.irfft2((torch.fft.rfft2(Wt)[:, :, None] * Xf[None]).sum(1),
+                                    s=(self.H, self.W))
+            num = num * scale.view(Bn, 1, 1, 1) + conv
+            m = m_new
+        return (num / den.view(Bn, 1, 1, 1)).to(self.dtype)
