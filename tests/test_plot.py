@@ -1,0 +1,54 @@
+"""Tests of lemmse.plot: image conversion and figure layout (book chapter 1 uses them)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lemmse.plot import show_images, to_display  # noqa: E402
+
+
+def test_to_display_shapes_and_clipping():
+    gray = torch.linspace(-1, 2, 12).reshape(1, 3, 4)
+    out = to_display(gray)
+    assert out.shape == (3, 4)
+    assert out.min() == 0.0 and out.max() == 1.0
+    rgb = torch.rand(1, 3, 5, 6)
+    assert to_display(rgb).shape == (5, 6, 3)
+    np.testing.assert_allclose(to_display(rgb)[..., 1], rgb[0, 1].double().numpy())
+    assert to_display(torch.rand(5, 6), clip=False).shape == (5, 6)
+
+
+def test_to_display_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        to_display(torch.rand(2, 5, 5))
+    with pytest.raises(TypeError, match="torch.Tensor or numpy.ndarray"):
+        to_display([[0.0]])
+
+
+def test_show_images_layouts():
+    batch = torch.rand(5, 1, 8, 8)
+    fig = show_images(batch, [f"image {k}" for k in range(5)], ncols=2)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(fig.axes) == 6 and len(shown) == 5
+    assert [ax.get_title() for ax in shown] == [f"image {k}" for k in range(5)]
+    plt.close(fig)
+
+    rows = [[batch[0], None, batch[1]], [batch[2], batch[3], batch[4]]]
+    fig = show_images(rows, [["a", None, "c"], ["d", "e", "f"]], row_labels=["top", "bottom"], suptitle="t")
+    assert len(fig.axes) == 6 and sum(bool(ax.images) for ax in fig.axes) == 5
+    assert fig.axes[0].get_ylabel() == "top"
+    plt.close(fig)
+
+
+def test_show_images_checks_titles():
+    with pytest.raises(ValueError, match="titles"):
+        show_images(torch.rand(3, 1, 4, 4), ["only one"])
+    with pytest.raises(ValueError, match="row_labels"):
+        show_images(torch.rand(3, 1, 4, 4), row_labels=["a", "b"])
