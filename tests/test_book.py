@@ -299,7 +299,8 @@ def built_site(tmp_path_factory) -> Path:
         text=True,
         timeout=600,
     )
-    warnings = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "WARNING" in line]
+    lines = proc.stdout.splitlines() + proc.stderr.splitlines()
+    warnings = [line for line in lines if "WARNING" in line or "ERROR" in line]
     assert proc.returncode == 0 and not warnings, (
         "the strict website build failed (as `make book` would):\n" + "\n".join(warnings or [proc.stdout[-3000:]])
     )
