@@ -5,15 +5,12 @@ operator, and called as ``est(y, sigma)`` on a batch of measurements ``y = A x +
 ``[B, C, H, W]``; it applies the pre-inverse ``B`` itself and returns ``x_hat`` ``[B, C, H, W]``.
 All boundaries are circular.
 
-================  ==========================================================  ============
-estimator         formula (agnostic, ``B = I``)                               chapter
-================  ==========================================================  ============
-``MMSE``          Σ_n softmax_n(-‖y - A x_n‖²/2σ²) x_n                        2
-``EquivariantMMSE`` Σ_{n,g} softmax_{n,g}(-‖y - T_g A x_n‖²/2σ²) T_g x_n       3
-``LocalMMSE``     x̂[i] = Σ_n softmax_n(-‖Π_i y - Π_i A x_n‖²/2σ²) x_n[i]       4
-``LEMMSE``        x̂[i] = Σ_{n,j} softmax_{n,j}(-‖Π_i y - Π_j A x_n‖²/2σ²) x_n[j] 5
-================  ==========================================================  ============
+- ``MMSE`` (chapter 2): ``x̂ = Σ_n softmax_n(-‖y - A x_n‖²/2σ²) x_n``;
+- ``EquivariantMMSE`` (chapter 3): ``x̂ = Σ_{n,g} softmax_{n,g}(-‖y - T_g A x_n‖²/2σ²) T_g x_n``;
+- ``LocalMMSE`` (chapter 4): ``x̂[i] = Σ_n softmax_n(-‖Π_i y - Π_i A x_n‖²/2σ²) x_n[i]``;
+- ``LEMMSE`` (chapter 5): ``x̂[i] = Σ_{n,j} softmax_{n,j}(-‖Π_i y - Π_j A x_n‖²/2σ²) x_n[j]``.
 
+These are the physics-agnostic forms (``B = I``).
 Physics-aware variants (``preinverse="inverse"``, chapter 6): for a blur, ``B`` is the
 regularised inverse filter and distances are Mahalanobis for the patch noise covariance
 ``σ² S``, ``S = Π B Bᵀ Πᵀ`` (computed by whitening queries and keys with ``L⁻¹``, ``S = L Lᵀ``,

@@ -24,6 +24,12 @@ def find_real_data_root() -> Path | None:
     return None
 
 
+# The chapters (run by nbval in kernels that inherit this environment) read LEMMSE_DATA: point it
+# at the shared data beside the checkout when the user has not set it.
+if "LEMMSE_DATA" not in os.environ and find_real_data_root() is not None:
+    os.environ["LEMMSE_DATA"] = str(find_real_data_root())
+
+
 @pytest.fixture(scope="session")
 def real_data_root() -> Path:
     """Path of the real data folder (see :func:`find_real_data_root`); skips the test if absent."""
