@@ -15,7 +15,7 @@ from two ``torch.Generator`` s (data order on the CPU, noise on the training dev
 from ``config.seed``; their states, the current permutation and its cursor are saved in each
 checkpoint, so a resumed run is bitwise identical to an uninterrupted one on the CPU.
 
-Main entry points: :class:`TrainConfig`, :func:`train_model`, :func:`train_or_load`,
+Main entry points: :class:`TrainConfig`, :func:`train_model`, :func:`train_or_load`, :func:`predict`,
 :func:`load_checkpoint`, :func:`export_checkpoint`.
 """
 
@@ -38,7 +38,9 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+from lemmse.data import DATASETS, SPLITS, load_dataset
 from lemmse.nets import ARCHS, SigmaNet, _resolve_width, make_model
+from lemmse.operators import Blur, Denoising, Inpainting, preinverse
 
 __all__ = [
     "TASKS",
@@ -48,6 +50,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "make_operator",
+    "predict",
     "resolve_device",
     "train_model",
     "train_or_load",
@@ -69,8 +72,6 @@ TASKS = {
 #: Physics: the pre-inverse kind given to ``lemmse.operators.preinverse``.
 PHYSICS = {"agnostic": "identity", "aware": "inverse"}
 
-DATASETS = ("fashion-mnist", "cifar10", "ffhq32")
-SPLITS = ("train", "test")
 CHECKPOINT_FORMAT = "lemmse-train-v1"
 
 #: Fields that do not change the trained weights: left out of the checkpoint's identity.
@@ -274,8 +275,6 @@ class TrainResult:
 def make_operator(task: str, image_shape):
     """The forward operator A of ``task`` for images of shape (C, H, W) (see :data:`TASKS`)."""
     _as_choice("task", task, tuple(TASKS))
-    from lemmse.operators import Blur, Denoising, Inpainting
-
     shape = tuple(int(s) for s in image_shape)
     if task == "denoising":
         return Denoising()
@@ -439,8 +438,6 @@ def _training_data(config: TrainConfig, data, data_root) -> torch.Tensor:
             raise ValueError(
                 f"dataset must be one of {', '.join(map(repr, DATASETS))} (or pass data=), got {config.dataset!r}"
             )
-        from lemmse.data import load_dataset
-
         try:
             data = load_dataset(config.dataset, split=config.split, n=config.n_train, root=data_root)
         except ValueError as err:
@@ -508,8 +505,6 @@ def train_model(
     x_all = _training_data(config, data, data_root).to(device)
     n, channels = x_all.shape[0], x_all.shape[1]
     image_shape = tuple(x_all.shape[1:])
-
-    from lemmse.operators import preinverse
 
     op = make_operator(config.task, image_shape)  # operators cache their tensors per device
     pre = preinverse(op, PHYSICS[config.physics])
@@ -636,6 +631,41 @@ def train_model(
 
     ema.eval()
     return TrainResult(model=ema, config=config, history=_history_tensors(history), step=step, checkpoint=path)
+
+
+def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfig] = None) -> torch.Tensor:
+    """Network estimate from a measurement: ``x_hat = φ(B y, σ)``, the pre-inverse B of the config.
+
+    Like the estimators of ``lemmse.estimators``, it takes the measurement ``y = A x + σ e`` and
+    applies the pre-inverse itself (identity for physics="agnostic"; mask or inverse filter for
+    "aware").
+
+    Parameters
+    ----------
+    model : SigmaNet
+        A trained network (from :func:`train_or_load` or :func:`load_checkpoint`).
+    y : tensor [B, C, H, W]
+    sigma : float or [B]
+    config : TrainConfig, optional
+        Default ``model.train_config``.
+
+    Returns
+    -------
+    tensor [B, C, H, W] on y's device and dtype (computed without gradients on the model's
+    device, in float32).
+    """
+    config = getattr(model, "train_config", None) if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise ValueError("config is needed (a TrainConfig) when the model has no train_config attribute")
+    if not isinstance(y, torch.Tensor) or y.ndim != 4:
+        raise ValueError(f"y must be a tensor [B, C, H, W], got {getattr(y, 'shape', type(y).__name__)}")
+    pre = preinverse(make_operator(config.task, tuple(y.shape[1:])), PHYSICS[config.physics])
+    device = next(model.parameters()).device
+    v = pre(y.to(device=device, dtype=torch.float32))
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.to(device=device, dtype=torch.float32)
+    with torch.no_grad():
+        return model(v, sigma).to(device=y.device, dtype=y.dtype)
 
 
 # --------------------------------------------------------------------------- checkpoints

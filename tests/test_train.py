@@ -210,6 +210,24 @@ def test_physics_aware_network_sees_the_preinverse(monkeypatch):
     assert seen["v"][:, :, 1:16, 1:16].abs().max() > 0
 
 
+def test_predict_applies_the_preinverse(tmp_path):
+    from lemmse.operators import Inpainting
+
+    data = smooth_images(8, size=16)
+    y = data[:2] + 0.1 * torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    mask = Inpainting.center_box((1, 16, 16), 15).mask
+    for physics, v in (("aware", mask * y), ("agnostic", y)):
+        config = tiny_config(n_train=8, task="inpainting", physics=physics, steps=2)
+        model = train_or_load(config, tmp_path, data=data, progress=False)
+        with torch.no_grad():
+            expected = model(v, 0.1)
+        torch.testing.assert_close(train_mod.predict(model, y, 0.1), expected, atol=0, rtol=0)
+        out64 = train_mod.predict(model, y.double(), torch.tensor([0.1, 0.1]))
+        assert out64.dtype == torch.float64
+    with pytest.raises(ValueError, match="config"):
+        train_mod.predict(train_mod._build_model(config, 1), y, 0.1)
+
+
 # ----------------------------------------------------------------------------- config
 
 
