@@ -89,12 +89,17 @@ class KeyChunk:
         Offsets of each group's keys (``None``: one group).
     ids : Tensor ``[K]`` (int64) or None
         A global identifier per key, returned by the top-k diagnostics.
+    packed : tuple of Tensors or None
+        ``(Kt [nb, D, 16], kb [nb, 16], Vt [nb, Cv, 16])``: the keys already in the native
+        kernel's block layout (one group, ``16·nb`` keys, ``kb = -‖k‖²/2``); then ``keys`` and
+        ``values`` may be ``None``.  Saves the re-packing copies on the native path.
     """
 
-    keys: torch.Tensor
-    values: torch.Tensor
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
     group_ptr: torch.Tensor | None = None
     ids: torch.Tensor | None = None
+    packed: tuple | None = None
 
 
 def choose_backend(dim: int, value_dim: int, dtype: torch.dtype, device: torch.device,
@@ -181,6 +186,14 @@ class StreamingAttention:
     # ------------------------------------------------------------------ chunk update
     def update(self, chunk: KeyChunk) -> None:
         """Fold one chunk of keys into the running state."""
+        if chunk.packed is not None:
+            if self.backend != "native" or self.G != 1:
+                raise ValueError("packed key chunks need the native back-end and one group")
+            if self._pass == 1:
+                self.n_keys += chunk.packed[0].shape[0] * 16
+            self._run_native(*chunk.packed, torch.tensor([0, chunk.packed[0].shape[0]]),
+                             torch.tensor([16]))
+            return
         k_ptr = _ptr(chunk.group_ptr, chunk.keys.shape[0])
         if k_ptr.numel() - 1 != self.G:
             raise ValueError(f"key chunk has {k_ptr.numel() - 1} groups, queries have {self.G}")
@@ -204,20 +217,25 @@ class StreamingAttention:
         b_ptr = torch.zeros(self.G + 1, dtype=torch.int64)
         b_ptr[1:] = torch.cumsum(nblk, 0)
         nb = int(b_ptr[-1])
+        kp = torch.zeros(nb * 16, self.D, dtype=torch.float32)
+        kb = torch.zeros(nb * 16, dtype=torch.float32)
+        vp = torch.zeros(nb * 16, self.Cv, dtype=torch.float32)
         if self.G == 1:
-            dest = torch.arange(keys.shape[0])
+            K = keys.shape[0]
+            kp[:K] = keys
+            kb[:K] = -0.5 * (keys * keys).sum(1)
+            vp[:K] = vals
         else:  # pad every group to whole blocks of 16 keys
             grp = torch.repeat_interleave(torch.arange(self.G), counts)
             dest = b_ptr[:-1][grp] * 16 + (torch.arange(keys.shape[0]) - k_ptr[:-1][grp])
-        kp = torch.zeros(nb * 16, self.D, dtype=torch.float32)
-        kp[dest] = keys
-        kb = torch.zeros(nb * 16, dtype=torch.float32)
-        kb[dest] = -0.5 * (keys * keys).sum(1)
-        vp = torch.zeros(nb * 16, self.Cv, dtype=torch.float32)
-        vp[dest] = vals
+            kp[dest] = keys
+            kb[dest] = -0.5 * (keys * keys).sum(1)
+            vp[dest] = vals
         Kt = kp.view(nb, 16, self.D).transpose(1, 2).contiguous()
         Vt = vp.view(nb, 16, self.Cv).transpose(1, 2).contiguous()
-        nlast = counts - (nblk - 1) * 16
+        self._run_native(Kt, kb, Vt, b_ptr, counts - (nblk - 1) * 16)
+
+    def _run_native(self, Kt, kb, Vt, b_ptr, nlast):
         q0, q1 = self.q_ptr[:-1].contiguous(), self.q_ptr[1:].contiguous()
         b0, b1 = b_ptr[:-1].contiguous(), b_ptr[1:].contiguous()
         nlast = nlast.contiguous()
@@ -308,7 +326,8 @@ class StreamingAttention:
         else:
             out = (self._num / self._den[:, None]).to(self.dtype)
             lse = self._m + torch.log(self._den)
-        lse = lse - 0.5 * self.qsq.to(lse.dtype) / self.sigma.to(lse.dtype) ** 2
+        if not (self.backend == "native" and self.direct):  # else the logits hold all of -|q-k|^2
+            lse = lse - 0.5 * self.qsq.to(lse.dtype) / self.sigma.to(lse.dtype) ** 2
         return out, lse
 
     def diagnostics(self):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lemmse.engine import (DEFAULT_MEMORY_BUDGET, KeyChunk, StreamingAttention, no_tf32)
+from lemmse.engine import DEFAULT_MEMORY_BUDGET, KeyChunk, StreamingAttention, no_tf32
 from lemmse.operators import Denoising, Operator, preinverse as make_preinverse
 
 __all__ = ["MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches"]
@@ -298,6 +298,9 @@ class _PatchAttention(_Estimator):
         per_image = HW * (self.D + C + 2) * self.dtype.itemsize * 3
         step = self._images_per_chunk(per_image)
         passes = 2 if track else 1
+        # keys straight into the native kernel's block layout when blocks of 16 keys never
+        # straddle two images (H*W a multiple of 16, one group)
+        self._pack = (not track and order is None and HW % 16 == 0 and att.backend == "native")
         for p in range(passes):
             if p == 1:
                 att.begin_second_pass()
@@ -319,6 +322,8 @@ class _PatchAttention(_Estimator):
 
     def _chunk(self, n0, n1, order, pos_ptr, track):
         x = self.train[n0:n1]
+        if getattr(self, "_pack", False):
+            return self._packed_chunk(x)
         k = self._patches(self._keys_images(x))  # [Nc, HW, D]
         v = x.flatten(2).transpose(1, 2)  # [Nc, HW, C] centre pixels
         Nc, HW = k.shape[0], k.shape[1]
@@ -334,6 +339,20 @@ class _PatchAttention(_Estimator):
             n_idx = torch.arange(n0, n1, device=self.device)
             ids = (n_idx[None, :] * HW + order.to(self.device)[:, None]).reshape(-1)
         return KeyChunk(keys.contiguous(), vals.contiguous(), pos_ptr * Nc, ids)
+
+    def _packed_chunk(self, x):
+        Nc, C, D, HW = x.shape[0], self.C, self.D, self.H * self.W
+        v = self._keys_images(x)
+        r = self.patch_size // 2
+        if r > 0:
+            v = F.pad(v, (r, r, r, r), mode="circular")
+        u = F.unfold(v, self.patch_size)  # [Nc, D, HW]
+        if self._whiten is not None:
+            u = (self._whiten.T @ u.double()).to(self.dtype)
+        Kt = u.view(Nc, D, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, D, 16)
+        kb = -0.5 * (Kt * Kt).sum(1)
+        Vt = x.reshape(Nc, C, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, C, 16)
+        return KeyChunk(None, None, packed=(Kt.contiguous(), kb.contiguous(), Vt.contiguous()))
 
     def _estimate(self, y, s):
         return self._run(y, s)

@@ -1,0 +1,150 @@
+"""The streaming engine (lemmse.engine): back-ends, packing, chunking and precision paths.
+
+The estimator-level oracles live in test_estimators.py; these tests pin down the engine's own
+code paths that those tiny odd-sized images do not reach (the packed native layout needs H*W to
+be a multiple of 16) and compare every path with a float64 direct-difference reference.
+"""
+
+import math
+
+import pytest
+import torch
+
+import lemmse
+from lemmse import engine
+from lemmse.engine import KeyChunk, StreamingAttention
+
+needs_native = pytest.mark.skipif(engine.load_kernel() is None,
+                                  reason="native kernel unavailable (no AVX-512 or no compiler)")
+
+
+def reference(q, k, v, sigma, q_groups=None, k_groups=None):
+    """softmax(-|q-k|^2/2 sigma^2) @ v in float64 by direct differences, optional groups."""
+    q, k, v = q.double(), k.double(), v.double()
+    d2 = ((q[:, None, :] - k[None, :, :]) ** 2).sum(-1)
+    logits = -d2 / (2 * sigma.double()[:, None] ** 2)
+    if q_groups is not None:
+        logits = logits.masked_fill(q_groups[:, None] != k_groups[None, :], -math.inf)
+    return torch.softmax(logits, 1) @ v, torch.logsumexp(logits, 1)
+
+
+def smooth(n, c, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, c, h // 2, w // 2, generator=g)
+    return torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("sigma", [0.03, 0.3])
+@pytest.mark.parametrize("groups", [False, True])
+def test_streaming_attention_matches_reference(backend, sigma, groups):
+    g = torch.Generator().manual_seed(1)
+    M, K, D, Cv = 37, 203, 13, 3
+    q = torch.rand(M, D, generator=g)
+    k = torch.rand(K, D, generator=g)
+    v = torch.rand(K, Cv, generator=g)
+    s = torch.full((M,), sigma) * (1 + torch.rand(M, generator=g))  # per-query sigma
+    if groups:  # three groups of uneven sizes (not multiples of 16)
+        qg = torch.tensor([0] * 10 + [1] * 20 + [2] * 7)
+        kg = torch.tensor([0] * 50 + [1] * 120 + [2] * 33)
+        q_ptr, k_ptr = torch.tensor([0, 10, 30, 37]), torch.tensor([0, 50, 170, 203])
+    else:
+        qg = kg = q_ptr = k_ptr = None
+    ref, lse_ref = reference(q, k, v, s, qg, kg)
+    att = StreamingAttention(q, s, q_ptr, value_dim=Cv, memory_budget=1 << 20, backend=backend)
+    # feed the keys in three chunks, split inside every group
+    if groups:
+        cuts = [(0, 20, 0, 60, 0, 11), (20, 50, 60, 120, 11, 33)]
+        for a0, a1, b0, b1, c0, c1 in cuts:
+            sel = torch.cat([torch.arange(a0, a1), torch.arange(50 + b0, 50 + b1),
+                             torch.arange(170 + c0, 170 + c1)])
+            ptr = torch.tensor([0, a1 - a0, a1 - a0 + b1 - b0, a1 - a0 + b1 - b0 + c1 - c0])
+            att.update(KeyChunk(k[sel], v[sel], ptr))
+    else:
+        for c0, c1 in [(0, 64), (64, 65), (65, 203)]:
+            att.update(KeyChunk(k[c0:c1], v[c0:c1]))
+    out, lse = att.result()
+    assert att.backend == backend
+    assert (out.double() - ref).abs().max() < 1e-5
+    assert (lse.double() - lse_ref).abs().max() < 1e-3 * (1 + lse_ref.abs().max())
+    assert torch.equal(att.n_keys, torch.bincount(kg)[qg] if groups else torch.full((M,), K))
+
+
+def test_normalising_per_chunk_then_averaging_is_wrong():
+    """The online log-sum-exp is needed: averaging per-chunk softmax outputs differs."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = torch.rand(5, 4, generator=g), torch.rand(40, 4, generator=g), torch.rand(40, 1,
+                                                                                       generator=g)
+    s = torch.full((5,), 0.2)
+    ref, _ = reference(q, k, v, s)
+    naive = (reference(q, k[:10], v[:10], s)[0] + reference(q, k[10:], v[10:], s)[0]) / 2
+    assert (naive - ref).abs().max() > 1e-3
+    att = StreamingAttention(q.double(), s.double(), value_dim=1, memory_budget=1 << 20)
+    att.update(KeyChunk(k[:10].double(), v[:10].double()))
+    att.update(KeyChunk(k[10:].double(), v[10:].double()))
+    assert (att.result()[0] - ref).abs().max() < 1e-12
+
+
+@needs_native
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("physics", ["agnostic", "blur-aware"])
+@pytest.mark.parametrize("sigma", [0.05, 0.2])
+def test_packed_native_path_matches_float64(C, physics, sigma):
+    """8x8 images (H*W = 64): the estimator packs keys straight into the kernel layout."""
+    train = smooth(6, C, 8, 8, 3)
+    x = smooth(2, C, 8, 8, 4)
+    if physics == "agnostic":
+        op, pre = lemmse.Denoising(), "identity"
+    else:
+        op, pre = lemmse.Blur.gaussian((C, 8, 8), 0.7), "inverse"
+    y = op.measure(x, sigma, generator=torch.Generator().manual_seed(5))
+    fast = lemmse.LEMMSE(train, op, patch_size=3, preinverse=pre, backend="native")
+    slow = lemmse.LEMMSE(train.double(), op, patch_size=3, preinverse=pre, backend="torch")
+    small = lemmse.LEMMSE(train, op, patch_size=3, preinverse=pre, backend="native",
+                          memory_budget=4096)  # one training image per chunk
+    ref = slow(y.double(), sigma)
+    assert (fast(y, sigma).double() - ref).abs().max() < 1e-5
+    assert (small(y, sigma).double() - ref).abs().max() < 1e-5
+
+
+@needs_native
+def test_native_and_torch_backends_agree_on_real_data(real_data_root):
+    train = lemmse.load_dataset("fashion-mnist", "train", n=200, root=real_data_root)
+    x = lemmse.load_dataset("fashion-mnist", "test", n=2, root=real_data_root)
+    y = lemmse.Denoising().measure(x, 0.2, generator=torch.Generator().manual_seed(0))
+    a = lemmse.LEMMSE(train, patch_size=5, backend="native")(y, 0.2)
+    b = lemmse.LEMMSE(train.double(), patch_size=5, backend="torch")(y.double(), 0.2)
+    assert (a.double() - b).abs().max() < 1e-5
+
+
+def test_choose_backend_rules():
+    cpu = torch.device("cpu")
+    assert engine.choose_backend(25, 1, torch.float64, cpu) == "torch"
+    assert engine.choose_backend(363, 3, torch.float32, cpu) == "torch"
+    assert engine.choose_backend(25, 5, torch.float32, cpu) == "torch"
+    with pytest.raises(ValueError, match="backend"):
+        engine.choose_backend(25, 1, torch.float32, cpu, "cuda")
+    with pytest.raises(ValueError, match="native"):
+        engine.choose_backend(25, 1, torch.float64, cpu, "native")
+    if engine.load_kernel() is not None:
+        assert engine.choose_backend(25, 1, torch.float32, cpu) == "native"
+
+
+def test_direct_path_is_used_below_direct_sigma():
+    q = torch.rand(4, 3)
+    small = StreamingAttention(q, torch.full((4,), engine.DIRECT_SIGMA / 2), value_dim=1,
+                               memory_budget=1 << 20)
+    large = StreamingAttention(q, torch.full((4,), engine.DIRECT_SIGMA * 2), value_dim=1,
+                               memory_budget=1 << 20)
+    assert small.direct and not large.direct
+
+
+def test_no_tf32_restores_flags():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with engine.no_tf32():
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
