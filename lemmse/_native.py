@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 _SRC = Path(__file__).with_name("_kernels") / "attend_avx512.c"
-_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512dq", "-mfma", "-fopenmp", "-shared",
+_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512dq", "-mfma", "-pthread", "-shared",
           "-fPIC", "-std=c11"]
 _lock = threading.Lock()
 _cache: dict[str, object] = {}

@@ -149,6 +149,7 @@ class StreamingAttention:
         self.Cv = int(value_dim)
         self.dtype, self.device = queries.dtype, queries.device
         self.budget = int(memory_budget)
+        self.nthreads = torch.get_num_threads()
         self.sigma = sigma.to(self.dtype)
         self.inv_var = 1.0 / self.sigma ** 2
         self.q_ptr = _ptr(group_ptr, self.M)
@@ -244,7 +245,7 @@ class StreamingAttention:
         rc = self._fn(self._Q.data_ptr(), self._s.data_ptr(), self.M, self.D, Kt.data_ptr(),
                       kb.data_ptr(), Vt.data_ptr(), self.Cv, self.G, q0.data_ptr(),
                       q1.data_ptr(), b0.data_ptr(), b1.data_ptr(), nlast.data_ptr(), kchunk,
-                      self._m.data_ptr(), self._acc.data_ptr(), torch.get_num_threads(),
+                      self._m.data_ptr(), self._acc.data_ptr(), self.nthreads,
                       int(self.direct))
         if rc != 0:  # pragma: no cover - guarded by choose_backend
             raise RuntimeError(f"native attention kernel failed with code {rc}")

@@ -20,6 +20,7 @@ the same observed-pixel pattern, with distances over the observed pixels.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 
 from lemmse.engine import DEFAULT_MEMORY_BUDGET, KeyChunk, StreamingAttention, no_tf32
 from lemmse.operators import Denoising, Operator, preinverse as make_preinverse
+
+_CHUNK_BYTES = 64 << 20
 
 __all__ = ["MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches"]
 
@@ -49,9 +52,29 @@ def extract_patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
         Row ``i = h*W + w`` is the patch centred at pixel ``(h, w)``, flattened in
         ``(channel, row, column)`` order.
     """
-    r = patch_size // 2
+    return _unfold(x, patch_size).transpose(1, 2)
+
+
+def _unfold(x, P):
+    """``F.unfold`` of the circularly padded image, ``[N, C*P*P, H*W]``, as one strided copy."""
+    N, C, H, W = x.shape
+    r = P // 2
     xp = F.pad(x, (r, r, r, r), mode="circular") if r > 0 else x
-    return F.unfold(xp, patch_size).transpose(1, 2)
+    s = xp.stride()
+    view = xp.as_strided((N, C, P, P, H, W), (s[0], s[1], s[2], s[3], s[2], s[3]))
+    return view.reshape(N, C * P * P, H * W)
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """Run memory-bound torch ops on one thread: with two OpenMP threads on a busy 2-core
+    machine, a descheduled thread stalls every parallel region (measured 40x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @dataclass
@@ -190,7 +213,10 @@ class _Estimator:
         return y, _check_sigma(sigma, y.shape[0], self.dtype, self.device)
 
     def _images_per_chunk(self, bytes_per_image):
-        return max(1, min(self.N, self.memory_budget // max(1, 4 * bytes_per_image)))
+        # within the budget, and at most _CHUNK_BYTES: small chunks stay in malloc's heap,
+        # where fresh multi-100-MB buffers cost page faults on every chunk (measured 5x slower)
+        cap = min(self.memory_budget, _CHUNK_BYTES)
+        return max(1, min(self.N, cap // max(1, 4 * bytes_per_image)))
 
     def __call__(self, y, sigma):
         """Estimate ``x`` from the measurement ``y`` at noise level ``sigma``.
@@ -342,17 +368,15 @@ class _PatchAttention(_Estimator):
 
     def _packed_chunk(self, x):
         Nc, C, D, HW = x.shape[0], self.C, self.D, self.H * self.W
-        v = self._keys_images(x)
-        r = self.patch_size // 2
-        if r > 0:
-            v = F.pad(v, (r, r, r, r), mode="circular")
-        u = F.unfold(v, self.patch_size)  # [Nc, D, HW]
-        if self._whiten is not None:
-            u = (self._whiten.T @ u.double()).to(self.dtype)
-        Kt = u.view(Nc, D, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, D, 16)
-        kb = -0.5 * (Kt * Kt).sum(1)
-        Vt = x.reshape(Nc, C, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, C, 16)
-        return KeyChunk(None, None, packed=(Kt.contiguous(), kb.contiguous(), Vt.contiguous()))
+        with _single_thread():
+            u = _unfold(self._keys_images(x), self.patch_size)  # [Nc, D, HW]
+            if self._whiten is not None:
+                u = (self._whiten.T @ u.double()).to(self.dtype)
+            Kt = u.view(Nc, D, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, D, 16)
+            kb = -0.5 * (Kt * Kt).sum(1)
+            Vt = x.reshape(Nc, C, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, C, 16)
+            packed = (Kt.contiguous(), kb.contiguous(), Vt.contiguous())
+        return KeyChunk(None, None, packed=packed)
 
     def _estimate(self, y, s):
         return self._run(y, s)

@@ -173,3 +173,231 @@ def show_images(
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers added for chapters 5-7 (scalar maps, line plots, PNG panels for widgets).
+# ------------------------------------------------------------------------------------------------
+
+__all__ += ["show_fields", "plot_curves", "to_png"]
+
+
+def _per_field(value, n: int, name: str) -> list:
+    """Repeat ``value`` ``n`` times unless it is already a list or tuple of length ``n``."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} must have one entry per field ({n}), got {len(value)}")
+        return list(value)
+    return [value] * n
+
+
+def show_fields(
+    fields,
+    titles=None,
+    *,
+    cmap="viridis",
+    log=False,
+    colorbar=True,
+    vmin=None,
+    vmax=None,
+    suptitle: str | None = None,
+    size: float = 2.4,
+):
+    """Show scalar maps (per-pixel diagnostics, index maps) side by side, each with a colour bar.
+
+    Parameters
+    ----------
+    fields : list of torch.Tensor or numpy.ndarray
+        Maps of shape ``[H, W]`` (or ``[1, H, W]``, ``[1, 1, H, W]``).
+    titles : list of str, optional
+        One title per map.
+    cmap : str or list of str, optional
+        Colour map, one for all maps (default ``"viridis"``) or one per map.
+    log : bool or list of bool, optional
+        Logarithmic colour scale (for positive maps such as counts), for all maps or per map.
+    colorbar : bool or list of bool, optional
+        Draw a colour bar next to each map (default) or not.
+    vmin, vmax : float or list of float, optional
+        Limits of the colour scale, for all maps or per map (default: the map's range).
+    suptitle : str, optional
+        A title for the whole figure.
+    size : float, optional
+        Height of one map in inches; the width adds room for the colour bar (default 2.4).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure; display it with ``plt.show()``.
+
+    Raises
+    ------
+    ValueError
+        If a map is not two-dimensional or a per-map option has the wrong length.
+    """
+    from matplotlib.colors import LogNorm, Normalize
+
+    if isinstance(fields, (torch.Tensor, np.ndarray)) or len(fields) == 0:
+        raise ValueError("fields must be a non-empty list of [H, W] maps")
+    n = len(fields)
+    arrays = []
+    for k, f in enumerate(fields):
+        a = f.detach().to("cpu", torch.float64).numpy() if isinstance(f, torch.Tensor) else np.asarray(f, float)
+        a = np.squeeze(a)
+        if a.ndim != 2:
+            raise ValueError(f"fields[{k}] must be a map [H, W], got shape {tuple(np.shape(f))}")
+        arrays.append(a)
+    titles = _per_field(titles, n, "titles") if titles is not None else [None] * n
+    cmaps, logs = _per_field(cmap, n, "cmap"), _per_field(log, n, "log")
+    bars = _per_field(colorbar, n, "colorbar")
+    lo, hi = _per_field(vmin, n, "vmin"), _per_field(vmax, n, "vmax")
+    widths = [1.0 + (0.28 if b else 0.0) for b in bars]
+    fig, axes = plt.subplots(1, n, figsize=(size * sum(widths), size + (0.35 if suptitle else 0.0)),
+                             squeeze=False, gridspec_kw={"width_ratios": widths})
+    for ax, a, t, cm, lg, bar, v0, v1 in zip(axes[0], arrays, titles, cmaps, logs, bars, lo, hi):
+        if lg:
+            pos = a[a > 0]
+            v0 = v0 if v0 is not None else (pos.min() if pos.size else 1.0)
+            v1 = v1 if v1 is not None else (pos.max() if pos.size else 10.0)
+            norm = LogNorm(vmin=v0, vmax=max(v1, v0 * 1.0001))
+        else:
+            norm = Normalize(vmin=v0, vmax=v1)
+        im = ax.imshow(a, cmap=cm, norm=norm, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if t is not None:
+            ax.set_title(t, fontsize=9)
+        if bar:
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            cb.ax.tick_params(labelsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(
+    x,
+    curves: dict,
+    *,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+    logy: bool = False,
+    title: str | None = None,
+    hlines: dict | None = None,
+    vlines: dict | None = None,
+    ax=None,
+    size: tuple[float, float] = (4.6, 3.2),
+):
+    """Plot one or several curves against a common x axis and return the figure.
+
+    Parameters
+    ----------
+    x : sequence of float
+        The abscissae shared by all curves.
+    curves : dict of str to sequence of float
+        One curve per label, each with ``len(x)`` values (``nan`` leaves a gap).
+    xlabel, ylabel : str
+        Axis labels.
+    logx, logy : bool, optional
+        Logarithmic axes.
+    title : str, optional
+        The axes title.
+    hlines, vlines : dict of str to float, optional
+        Horizontal or vertical reference lines (label to position), drawn dashed.
+    ax : matplotlib.axes.Axes, optional
+        Draw into these axes (for example one panel of a larger figure) instead of a new figure.
+    size : tuple of float, optional
+        Figure size in inches when a new figure is made.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure holding the axes; display it with ``plt.show()``.
+
+    Raises
+    ------
+    ValueError
+        If a curve does not have one value per abscissa.
+    """
+    x = np.asarray(x, dtype=float)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=size)
+    else:
+        fig = ax.figure
+    markers = "os^vDP*Xh<>"
+    for k, (label, yv) in enumerate(curves.items()):
+        yv = np.asarray(yv, dtype=float)
+        if yv.shape != x.shape:
+            raise ValueError(f"curve {label!r} has {yv.size} values, expected one per x ({x.size})")
+        ax.plot(x, yv, marker=markers[k % len(markers)], markersize=4, label=label)
+    for label, v in (hlines or {}).items():
+        ax.axhline(v, color="gray", linestyle="--", linewidth=1, label=label)
+    for label, v in (vlines or {}).items():
+        ax.axvline(v, color="gray", linestyle=":", linewidth=1, label=label)
+    if logx:  # label the abscissae themselves, not the decades
+        from matplotlib.ticker import FixedLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(x))
+        ax.set_xticklabels([f"{v:g}" for v in x])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def to_png(images, *, scale: int = 4, gap: int = 2) -> bytes:
+    """Encode images side by side as PNG bytes (for ``ipywidgets.Image`` in a static page).
+
+    Parameters
+    ----------
+    images : list of torch.Tensor or numpy.ndarray
+        Images as accepted by :func:`to_display`, all of the same height; values are clipped to
+        [0, 1] and rounded to 8 bits.
+    scale : int, optional
+        Integer upscaling factor (nearest neighbour, default 4).
+    gap : int, optional
+        Width in (upscaled) pixels of the white gap between two images (default 2).
+
+    Returns
+    -------
+    bytes
+        A PNG file (8-bit greyscale if every image has one channel, else RGB).
+
+    Raises
+    ------
+    ValueError
+        If ``scale`` is not a positive integer or the heights differ.
+    """
+    import io
+
+    from PIL import Image
+
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    arrays = [to_display(im) for im in images]
+    if not arrays:
+        raise ValueError("images must be a non-empty list")
+    if len({a.shape[0] for a in arrays}) != 1:
+        raise ValueError(f"images must have the same height, got {[a.shape[0] for a in arrays]}")
+    rgb = any(a.ndim == 3 for a in arrays)
+    parts = []
+    for k, a in enumerate(arrays):
+        if rgb and a.ndim == 2:
+            a = np.repeat(a[:, :, None], 3, axis=2)
+        a = np.kron(a, np.ones((scale, scale, 1) if rgb else (scale, scale)))
+        if k:
+            parts.append(np.ones((a.shape[0], gap, 3) if rgb else (a.shape[0], gap)))
+        parts.append(a)
+    panel = np.rint(np.concatenate(parts, axis=1) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(panel).save(buf, format="PNG")  # uint8 [H, W] -> "L", [H, W, 3] -> "RGB"
+    return buf.getvalue()

@@ -31,7 +31,8 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
-#include <omp.h>
+#include <stdlib.h>
+#include <pthread.h>
 
 #define SLACK 16.0f  /* rescale only when a logit exceeds the running max by this (base 2) */
 
@@ -188,6 +189,64 @@ static const tile_fn DTILES[4][4] = {
     {dtile_1_1, dtile_2_1, dtile_4_1, dtile_8_1}, {dtile_1_2, dtile_2_2, dtile_4_2, dtile_8_2},
     {dtile_1_3, dtile_2_3, dtile_4_3, dtile_8_3}, {dtile_1_4, dtile_2_4, dtile_4_4, dtile_8_4}};
 
+
+typedef struct {
+    const float *Q, *qscale, *Kt, *kb, *Vt;
+    int64_t D, S, ntiles, maxblocks, kchunk_blocks;
+    const int64_t *q1, *b0, *b1, *nlast, *tile_g, *tile_r;
+    const tile_fn *T;
+    double total;
+    float *m, *acc;
+    int tid, nt;
+} work_t;
+
+static void *worker(void *arg) {
+    const work_t *w = (const work_t *)arg;
+    /* flush denormals to zero: far keys give weights 2^(l-m) below 2^-126, and denormal
+       arithmetic is ~100x slower; their contribution is below fp32 resolution anyway */
+    const unsigned int csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);
+    const int64_t D = w->D, S = w->S, ntiles = w->ntiles;
+    const int64_t *q1 = w->q1, *b0 = w->b0, *b1 = w->b1, *nlast = w->nlast;
+    const int64_t *tile_g = w->tile_g, *tile_r = w->tile_r;
+    const float *Q = w->Q, *qscale = w->qscale, *Kt = w->Kt, *kb = w->kb, *Vt = w->Vt;
+    const tile_fn *T = w->T;
+    float *m = w->m, *acc = w->acc;
+    /* this thread's tiles: [lo, hi) by cumulative work */
+    int64_t lo = 0, hi = 0;
+    double acc_w = 0.0, w_lo = w->total * w->tid / w->nt, w_hi = w->total * (w->tid + 1) / w->nt;
+    for (int64_t it = 0; it < ntiles; it++) {
+        int64_t g = tile_g[it];
+        int64_t rows = q1[g] - tile_r[it] < 8 ? q1[g] - tile_r[it] : 8;
+        double mid = acc_w + 0.5 * (double)rows * (double)(b1[g] - b0[g]);
+        if (mid < w_lo) lo = it + 1;
+        if (mid < w_hi) hi = it + 1;
+        acc_w += (double)rows * (double)(b1[g] - b0[g]);
+    }
+    for (int64_t c0 = 0; c0 < w->maxblocks; c0 += w->kchunk_blocks) {
+        for (int64_t it = lo; it < hi; it++) {
+            int64_t g = tile_g[it];
+            int64_t bs = b0[g] + c0, be = b0[g] + c0 + w->kchunk_blocks;
+            if (be > b1[g]) be = b1[g];
+            if (bs >= be) continue;
+            int nl = (be == b1[g]) ? (int)nlast[g] : 16;
+            int64_t r = tile_r[it], rend = r + 8;
+            if (rend > q1[g]) rend = q1[g];
+            while (r < rend) {
+                int64_t n = rend - r;
+                const float *Qr = Q + r * D; const float *sr = qscale + r;
+                float *mr = m + r; float *ar = acc + r * S;
+                if (n >= 8) { T[3](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 8; }
+                else if (n >= 4) { T[2](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 4; }
+                else if (n >= 2) { T[1](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 2; }
+                else { T[0](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 1; }
+            }
+        }
+    }
+    _mm_setcsr(csr);
+    return NULL;
+}
+
 /* 1 <= Cv <= 4 (values are the C channels of a centre pixel). Returns 0 on success. */
 int lemmse_attend_f32(const float *Q, const float *qscale, int64_t M, int64_t D,
                       const float *Kt, const float *kb, const float *Vt, int64_t Cv,
@@ -202,33 +261,44 @@ int lemmse_attend_f32(const float *Q, const float *qscale, int64_t M, int64_t D,
     /* work items: (group, query tile of <= 8 rows, key sub-range of <= kchunk_blocks blocks).
        Key sub-ranges of one tile are processed in order inside one item (cache-friendly order:
        all tiles sweep one L2-sized key chunk before moving on).                              */
-    /* outer loop over key chunks (shared by all groups), inner parallel loop over query tiles */
-    int64_t maxblocks = 0;
-    for (int64_t g = 0; g < G; g++) if (b1[g] - b0[g] > maxblocks) maxblocks = b1[g] - b0[g];
-    int64_t ntiles_total = 0;
-    for (int64_t g = 0; g < G; g++) ntiles_total += (q1[g] - q0[g] + 7) / 8;
-    for (int64_t c0 = 0; c0 < maxblocks; c0 += kchunk_blocks) {
-        #pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
-        for (int64_t it = 0; it < ntiles_total; it++) {
-            /* locate the tile: linear scan over groups (G is small or tiles are few) */
-            int64_t g = 0, rem = it;
-            while (rem >= (q1[g] - q0[g] + 7) / 8) { rem -= (q1[g] - q0[g] + 7) / 8; g++; }
-            int64_t bs = b0[g] + c0, be = b0[g] + c0 + kchunk_blocks;
-            if (be > b1[g]) be = b1[g];
-            if (bs >= be) continue;
-            int nl = (be == b1[g]) ? (int)nlast[g] : 16;
-            int64_t r = q0[g] + rem * 8, rend = r + 8;
-            if (rend > q1[g]) rend = q1[g];
-            while (r < rend) {
-                int64_t n = rend - r;
-                const float *Qr = Q + r * D; const float *sr = qscale + r;
-                float *mr = m + r; float *ar = acc + r * S;
-                if (n >= 8) { T[3](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 8; }
-                else if (n >= 4) { T[2](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 4; }
-                else if (n >= 2) { T[1](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 2; }
-                else { T[0](Qr, sr, D, Kt, kb, Vt, bs, be, nl, mr, ar); r += 1; }
-            }
-        }
+    /* Tiles of <= 8 query rows are split between the threads once, by equal shares of work
+       (rows x key blocks); each thread then sweeps the keys in L2-sized chunks, running all of
+       its tiles over one chunk before the next.  No barrier inside the sweep: a thread that the
+       OS holds up delays only its own share.                                                 */
+    int64_t maxblocks = 0, ntiles = 0;
+    for (int64_t g = 0; g < G; g++) {
+        if (b1[g] - b0[g] > maxblocks) maxblocks = b1[g] - b0[g];
+        ntiles += (q1[g] - q0[g] + 7) / 8;
     }
+    int64_t *tile_g = (int64_t *)malloc(sizeof(int64_t) * (size_t)(2 * ntiles + 1));
+    if (tile_g == NULL) return 2;
+    int64_t *tile_r = tile_g + ntiles;
+    double total = 0.0;
+    for (int64_t g = 0, it = 0; g < G; g++)
+        for (int64_t r = q0[g]; r < q1[g]; r += 8, it++) {
+            tile_g[it] = g; tile_r[it] = r;
+            int64_t rows = q1[g] - r < 8 ? q1[g] - r : 8;
+            total += (double)rows * (double)(b1[g] - b0[g]);
+        }
+    /* plain POSIX threads, not OpenMP: a second OpenMP runtime beside torch's would leave
+       two sets of spin-waiting threads competing for the cores                              */
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 64) nthreads = 64;
+    work_t w[64];
+    pthread_t th[64];
+    for (int t = 0; t < nthreads; t++) {
+        w[t] = (work_t){Q, qscale, Kt, kb, Vt, D, S, ntiles, maxblocks, kchunk_blocks, q1, b0, b1,
+                        nlast, tile_g, tile_r, T, total, m, acc, t, nthreads};
+    }
+    int started = 1;
+    for (int t = 1; t < nthreads; t++) {
+        if (pthread_create(&th[t], NULL, worker, &w[t]) != 0) break;
+        started++;
+    }
+    /* the calling thread does share 0, and any share whose thread could not be started */
+    worker(&w[0]);
+    for (int t = started; t < nthreads; t++) worker(&w[t]);
+    for (int t = 1; t < started; t++) pthread_join(th[t], NULL);
+    free(tile_g);
     return 0;
 }
