@@ -7,14 +7,19 @@ The public names are gathered here; each lives in a small module of its own:
 - :mod:`lemmse.data`: loaders for FashionMNIST, CIFAR-10 and FFHQ-32;
 - :mod:`lemmse.estimators`: ``MMSE``, ``EquivariantMMSE``, ``LocalMMSE``, ``LEMMSE``;
 - :mod:`lemmse.engine`: the streaming attention engine behind them;
-- :mod:`lemmse.metrics`: ``psnr``.
+- :mod:`lemmse.metrics`: ``psnr``;
+- :mod:`lemmse.nets`: U-Net, ResNet and PatchMLP with an exact ``P × P`` receptive field;
+- :mod:`lemmse.train`: resumable training, checkpoints, ``train_or_load``.
 """
 
 from lemmse.data import data_root, load_dataset, load_labels
 from lemmse.estimators import (LEMMSE, MMSE, EquivariantMMSE, LocalMMSE, Posterior,
                                extract_patches)
 from lemmse.metrics import psnr
+from lemmse.nets import make_model, receptive_field
 from lemmse.operators import Blur, Denoising, Inpainting, Operator, preinverse
+from lemmse.train import (TrainConfig, export_checkpoint, load_checkpoint, predict,
+                          train_model, train_or_load)
 
 __version__ = "0.1.0"
 
@@ -23,4 +28,7 @@ __all__ = [
     "data_root", "load_dataset", "load_labels",
     "MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches",
     "psnr",
+    "make_model", "receptive_field",
+    "TrainConfig", "train_model", "train_or_load", "load_checkpoint", "export_checkpoint",
+    "predict",
 ]

@@ -155,6 +155,8 @@ class TrainConfig:
     checkpoint_every : int
         Write a checkpoint every this many steps (0: only at the end).
 
+    Notes
+    -----
     ``device`` and ``checkpoint_every`` do not change the result and are left out of
     :meth:`identity` (and of the checkpoint's file name).
     """
@@ -235,7 +237,7 @@ class TrainConfig:
         return cls(**d)
 
     def identity(self) -> dict:
-        """The fields that determine the trained weights (all but :data:`RUN_ONLY_FIELDS`)."""
+        """The fields that determine the trained weights (all but ``device`` and ``checkpoint_every``)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
 
     def key(self) -> str:
