@@ -7,6 +7,9 @@ train
     if its checkpoint already exists under ``--root``; prints where the checkpoint is.
 export
     Write a small (fp16) copy of a finished checkpoint, loadable by ``load_checkpoint``.
+experiment
+    The experiment grid of the book (``lemmse.experiments``): ``experiment train``,
+    ``experiment export`` and ``experiment agreement``.
 
 Adding a command: write ``_add_NAME(subparsers)`` that creates its subparser and sets
 ``func`` (a function of the parsed arguments returning an exit code), and list it in
@@ -111,8 +114,14 @@ def _run_export(args) -> int:
     return 0
 
 
+def _add_experiment(sub):
+    from lemmse.experiments import _add_cli
+
+    _add_cli(sub)
+
+
 #: Subcommands, in the order ``--help`` lists them.
-COMMANDS = [_add_train, _add_export]
+COMMANDS = [_add_train, _add_export, _add_experiment]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,651 @@
+"""The experiment grid of the book's Experiments part: trained networks against the LE-MMSE.
+
+A declarative grid (:class:`Experiment`, one trained network each) at two scales
+(:class:`Scale`): ``"cpu"``, sized to train in minutes on a 2-core CPU, and ``"reference"``,
+the reference setup (reference widths, 24 000 steps of 256 images; for a GPU). Functions:
+
+- :func:`train_grid`: train (or load) the networks of the grid (``lemmse.train.train_or_load``);
+- :func:`export_grid`: copy their EMA weights (fp16) to ``results/checkpoints`` with a
+  ``MANIFEST.json`` (config, command, data, steps, sha256);
+- :func:`evaluate_agreement`: for each setting, split and σ, the mean over ``n_images``
+  images of PSNR(net, LE-MMSE), PSNR(net, truth) and PSNR(LE-MMSE, truth), where the network and
+  the LE-MMSE see the same measurement ``y = A x + σ e`` and the LE-MMSE uses the network's own
+  ``n_train`` training images (book chapter "Networks vs LE-MMSE");
+- :func:`write_agreement_csv` / :func:`read_agreement_csv`: ``results/agreement.csv``.
+
+Command line (one command per step; every command also takes ``--dataset``, ``--task``,
+``--arch``, ``--physics`` filters)::
+
+    python -m lemmse experiment train --scale cpu            # here, on the CPU
+    python -m lemmse experiment export --scale cpu           # -> results/checkpoints
+    python -m lemmse experiment agreement --scale cpu --out results/agreement.csv
+
+At the reference scale, on a GPU (``device="auto"`` picks CUDA) with the full data sets, one
+command reruns each experiment (here FashionMNIST denoising with the U-Net)::
+
+    python -m lemmse experiment train --scale reference --dataset fashion-mnist --task denoising --arch unet
+
+and ``python -m lemmse experiment agreement --scale reference --n-images 100`` evaluates it as
+the reference setup does (100 images per split). :meth:`Experiment.command` prints the command
+of any experiment.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+
+from lemmse.data import load_dataset
+from lemmse.metrics import psnr
+from lemmse.nets import ARCHS
+from lemmse.train import PHYSICS, TrainConfig, checkpoint_path, load_checkpoint, make_operator, predict, train_or_load
+
+__all__ = [
+    "SIGMAS",
+    "EVAL_SPLITS",
+    "CSV_COLUMNS",
+    "Scale",
+    "SCALES",
+    "Experiment",
+    "GRID",
+    "select",
+    "train_grid",
+    "export_grid",
+    "find_checkpoint",
+    "noise_seed",
+    "evaluate_agreement",
+    "write_agreement_csv",
+    "read_agreement_csv",
+    "merge_rows",
+]
+
+#: Noise levels of the agreement tables.
+SIGMAS = (0.05, 0.1, 0.2, 0.5, 0.8)
+
+#: Train images (with fresh noise) and held-out test images.
+EVAL_SPLITS = ("train", "test")
+
+#: Columns of ``results/agreement.csv``, in order.
+CSV_COLUMNS = (
+    "dataset",
+    "task",
+    "arch",
+    "physics",
+    "split",
+    "sigma",
+    "n_train",
+    "n_images",
+    "psnr_net_lemmse",
+    "psnr_net_truth",
+    "psnr_lemmse_truth",
+)
+
+#: Where the committed (exported, fp16) checkpoints live, relative to the repository root.
+RESULTS_CHECKPOINTS = Path("results") / "checkpoints"
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big the networks and the training runs of a scale are.
+
+    Parameters
+    ----------
+    name : str
+    widths : dict
+        Width per architecture (an int, or "reference" for ``lemmse.nets.reference_width``).
+    steps, batch_size, warmup_steps : int
+        Passed to :class:`lemmse.train.TrainConfig`.
+    n_train : dict
+        Number of training images per dataset (the networks and the LE-MMSE use the same first
+        ``n_train`` images).
+    """
+
+    name: str
+    widths: dict
+    steps: int
+    batch_size: int
+    warmup_steps: int
+    n_train: dict
+
+
+#: The two scales. ``"cpu"``: what ran on this project's 2-core CPU (FashionMNIST denoising:
+#: about 6 minutes per network); ``"reference"``: the reference setup of section 7 of
+#: ``lemmse-math.md`` (for a GPU and the full data sets).
+SCALES = {
+    "cpu": Scale(
+        name="cpu",
+        widths={"unet": 16, "resnet": 32, "patchmlp": 96},
+        steps=1200,
+        batch_size=32,
+        warmup_steps=50,
+        n_train={"fashion-mnist": 10_000, "cifar10": 4_000, "ffhq32": 10},
+    ),
+    "reference": Scale(
+        name="reference",
+        widths={"unet": "reference", "resnet": "reference", "patchmlp": "reference"},
+        steps=24_000,
+        batch_size=256,
+        warmup_steps=100,
+        n_train={"fashion-mnist": 10_000, "cifar10": 10_000, "ffhq32": 10_000},
+    ),
+}
+
+
+def _scale(scale) -> Scale:
+    if isinstance(scale, Scale):
+        return scale
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(map(repr, SCALES))} or a Scale, got {scale!r}")
+    return SCALES[scale]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One trained network of the grid: dataset × task × architecture × physics (P fixed).
+
+    ``task`` is a key of ``lemmse.train.TASKS`` ("denoising", "inpainting" = centred 15×15
+    hole, "deblurring" = Gaussian blur of std 1 px); ``physics`` "agnostic" (B = I) or "aware"
+    (B = the pre-inverse).
+    """
+
+    dataset: str
+    task: str
+    arch: str
+    physics: str = "agnostic"
+    patch_size: int = 5
+
+    def config(self, scale="cpu", **overrides) -> TrainConfig:
+        """The :class:`~lemmse.train.TrainConfig` of this experiment at ``scale``."""
+        s = _scale(scale)
+        values = dict(
+            dataset=self.dataset,
+            split="train",
+            n_train=s.n_train[self.dataset],
+            task=self.task,
+            physics=self.physics,
+            arch=self.arch,
+            patch_size=self.patch_size,
+            width=s.widths[self.arch],
+            steps=s.steps,
+            batch_size=s.batch_size,
+            warmup_steps=s.warmup_steps,
+        )
+        values.update(overrides)
+        return TrainConfig(**values)
+
+    def command(self, scale="cpu") -> str:
+        """The one command that (re)trains this experiment at ``scale`` (device auto)."""
+        s = _scale(scale)
+        return (
+            f"python -m lemmse experiment train --scale {s.name} --dataset {self.dataset} "
+            f"--task {self.task} --arch {self.arch} --physics {self.physics}"
+        )
+
+
+def _build_grid() -> tuple:
+    grid = []
+    # FashionMNIST: all three tasks × all three architectures, physics-agnostic ...
+    for task in ("denoising", "inpainting", "deblurring"):
+        for arch in ARCHS:
+            grid.append(Experiment("fashion-mnist", task, arch))
+    # ... and physics-aware in addition for inpainting and deconvolution.
+    for task in ("inpainting", "deblurring"):
+        for arch in ARCHS:
+            grid.append(Experiment("fashion-mnist", task, arch, "aware"))
+    # CIFAR-10 and FFHQ-32: all three tasks with the U-Net, denoising with all three.
+    for dataset in ("cifar10", "ffhq32"):
+        for task in ("denoising", "inpainting", "deblurring"):
+            grid.append(Experiment(dataset, task, "unet"))
+        for arch in ("resnet", "patchmlp"):
+            grid.append(Experiment(dataset, "denoising", arch))
+    return tuple(grid)
+
+
+#: Every experiment of issue 5 (30 networks).
+GRID = _build_grid()
+
+
+def _as_set(name, value, allowed=None):
+    if value is None:
+        return None
+    values = {value} if isinstance(value, str) else set(value)
+    if allowed is not None:
+        bad = sorted(values - set(allowed))
+        if bad:
+            raise ValueError(f"{name} must be among {', '.join(map(repr, allowed))}, got {', '.join(map(repr, bad))}")
+    return values
+
+
+def select(dataset=None, task=None, arch=None, physics=None, grid: Sequence[Experiment] = GRID) -> list:
+    """The experiments of ``grid`` matching the filters (each a string, a list of strings or None = all)."""
+    filters = {
+        "dataset": _as_set("dataset", dataset, sorted({e.dataset for e in grid})),
+        "task": _as_set("task", task, sorted({e.task for e in grid})),
+        "arch": _as_set("arch", arch, ARCHS),
+        "physics": _as_set("physics", physics, tuple(PHYSICS)),
+    }
+    return [e for e in grid if all(f is None or getattr(e, k) in f for k, f in filters.items())]
+
+
+# --------------------------------------------------------------------------- training and export
+
+
+def train_grid(
+    scale="cpu",
+    *,
+    dataset=None,
+    task=None,
+    arch=None,
+    physics=None,
+    root: Union[str, os.PathLike] = "checkpoints",
+    data_root=None,
+    device: str = "auto",
+    progress: bool = True,
+    **overrides,
+) -> dict:
+    """Train (or load) every selected experiment at ``scale``; returns {Experiment: model}.
+
+    Each network is ``lemmse.train.train_or_load(experiment.config(scale), root)``: nothing is
+    retrained when its checkpoint exists; an interrupted run resumes. ``overrides`` are extra
+    TrainConfig fields (for example ``n_train``).
+    """
+    models = {}
+    for exp in select(dataset, task, arch, physics):
+        config = exp.config(scale, device=device, **overrides)
+        models[exp] = train_or_load(config, root, data_root=data_root, progress=progress)
+    return models
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_text(text: str, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def export_grid(
+    scale="cpu",
+    *,
+    dataset=None,
+    task=None,
+    arch=None,
+    physics=None,
+    src: Union[str, os.PathLike] = "checkpoints",
+    dst: Union[str, os.PathLike] = RESULTS_CHECKPOINTS,
+    **overrides,
+) -> Path:
+    """Export the selected finished checkpoints (EMA weights, fp16) and update ``dst/MANIFEST.json``.
+
+    Each exported file keeps the checkpoint's name (so :func:`find_checkpoint` and
+    ``train_or_load(config, dst)`` find it). The manifest maps each file name to its config,
+    the command that trained it, the data it saw, its steps, training time and sha256.
+    Returns the manifest's path.
+    """
+    from lemmse.train import export_checkpoint
+
+    dst = Path(dst)
+    manifest_path = dst / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"files": {}}
+    s = _scale(scale)
+    for exp in select(dataset, task, arch, physics):
+        config = exp.config(s, **overrides)
+        path = checkpoint_path(config, src)
+        if not path.exists():
+            raise FileNotFoundError(f"no finished checkpoint {path}; train it first: {exp.command(s)}")
+        out = export_checkpoint(path, dst / path.name, half=True)
+        ckpt = torch.load(out, map_location="cpu", weights_only=False)
+        loss = ckpt["history"]["loss"]
+        manifest["files"][out.name] = {
+            "experiment": dataclasses.asdict(exp),
+            "scale": s.name,
+            "config": config.identity(),
+            "command": exp.command(s),
+            "data": {
+                "dataset": config.dataset,
+                "split": config.split,
+                "images": f"first {config.n_train} of the {config.split} split",
+            },
+            "steps": int(ckpt["step"]),
+            "train_seconds": round(float(ckpt.get("elapsed_s", 0.0)), 1),
+            "final_loss": round(float(loss[-50:].mean()), 6),
+            "half": True,
+            "bytes": out.stat().st_size,
+            "sha256": _sha256(out),
+        }
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    _atomic_write_text(json.dumps(manifest, indent=2) + "\n", manifest_path)
+    return manifest_path
+
+
+def find_checkpoint(config: TrainConfig, roots: Iterable = (RESULTS_CHECKPOINTS, "checkpoints")) -> Path:
+    """The first existing checkpoint of ``config`` among ``roots`` (committed exports first)."""
+    tried = []
+    for root in roots:
+        path = checkpoint_path(config, root)
+        if path.exists():
+            return path
+        tried.append(str(path))
+    raise FileNotFoundError(f"no checkpoint for this config; looked for {', '.join(tried)}")
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def noise_seed(split: str, sigma: float, index: int, seed: int = 0) -> int:
+    """Seed of the noise of image ``index`` of ``split`` at ``sigma``.
+
+    ``seed + 10**7 · [split == "test"] + 10**4 · round(1000 σ) + index``: one generator per
+    image, so an image's measurement does not depend on how many images are evaluated.
+    """
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+    return int(seed + 10**7 * (split == "test") + 10**4 * round(1000 * float(sigma)) + int(index))
+
+
+def _measure(op, x, split, sigma, seed):
+    ys = []
+    for k in range(x.shape[0]):
+        g = torch.Generator().manual_seed(noise_seed(split, sigma, k, seed))
+        ys.append(op.measure(x[k : k + 1], float(sigma), generator=g))
+    return torch.cat(ys)
+
+
+def _mean(t: torch.Tensor) -> float:
+    return float(t.double().mean())
+
+
+def evaluate_agreement(
+    experiments: Sequence[Experiment],
+    scale="cpu",
+    *,
+    sigmas: Sequence[float] = SIGMAS,
+    splits: Sequence[str] = EVAL_SPLITS,
+    n_images: int = 8,
+    roots: Iterable = (RESULTS_CHECKPOINTS, "checkpoints"),
+    data_root=None,
+    seed: int = 0,
+    progress: bool = True,
+    return_images: bool = False,
+    **overrides,
+):
+    """Agreement between trained networks and the LE-MMSE of their training set.
+
+    For each setting (dataset, task, physics), split and σ: ``x`` = the first ``n_images``
+    images of the split (the training split's images are among the networks' training images;
+    their noise is fresh), ``y = A x + σ e`` with the noise of :func:`noise_seed`, the LE-MMSE
+    ``x̂_LE = LEMMSE(first n_train training images, A, P, B)(y, σ)`` (computed once and shared
+    by the architectures) and each network's ``x̂_net = predict(φ, y, σ)``.
+
+    Parameters
+    ----------
+    experiments : sequence of Experiment
+    scale : "cpu", "reference" or Scale
+        Which trained networks (their checkpoints are looked up in ``roots``; nothing is trained).
+    sigmas, splits : sequences
+    n_images : int
+        Images per split (the same first ones for every σ and network).
+    seed : int
+        Offset of the noise seeds.
+    return_images : bool
+        Also return ``{(dataset, task, physics, split, σ): {"x", "y", "lemmse", arch: x̂_net}}``.
+
+    Returns
+    -------
+    rows : list of dict
+        One per experiment, split and σ, with the keys of :data:`CSV_COLUMNS`; the PSNRs (dB)
+        are means over the images.
+    images : dict, only if ``return_images``
+
+    Notes
+    -----
+    A split that the data folder does not hold (FFHQ-32's test split with the 10 images here)
+    is skipped with a warning.
+    """
+    import warnings
+
+    from tqdm.auto import tqdm
+
+    from lemmse.estimators import LEMMSE
+
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
+    for split in splits:
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"splits must be among {EVAL_SPLITS}, got {split!r}")
+    s = _scale(scale)
+    roots = tuple(roots)
+    groups = {}
+    for exp in experiments:
+        groups.setdefault((exp.dataset, exp.task, exp.physics, exp.patch_size), []).append(exp)
+
+    rows, images = [], {}
+    total = sum(len(splits) * len(sigmas) for _ in groups)
+    bar = tqdm(total=total, disable=not progress, desc="agreement", unit="setting", dynamic_ncols=True)
+    with bar:
+        for (dataset, task, physics, patch_size), exps in groups.items():
+            configs = {e: e.config(s, **overrides) for e in exps}
+            models = {e: load_checkpoint(find_checkpoint(c, roots))[0] for e, c in configs.items()}
+            n_train = next(iter(configs.values())).n_train
+            train = load_dataset(dataset, "train", n=n_train, root=data_root)
+            op = make_operator(task, tuple(train.shape[1:]))
+            est = LEMMSE(train, op, patch_size=patch_size, preinverse=PHYSICS[physics])
+            for split in splits:
+                try:
+                    x = train[:n_images] if split == "train" else load_dataset(dataset, split, n=n_images, root=data_root)
+                except ValueError as err:
+                    warnings.warn(f"skipping {dataset} {split} split: {err}", stacklevel=2)
+                    bar.update(len(sigmas))
+                    continue
+                if x.shape[0] < n_images:
+                    raise ValueError(f"n_images={n_images} but {dataset} {split} gives {x.shape[0]} images")
+                for sigma in sigmas:
+                    bar.set_postfix_str(f"{dataset} {task} {physics} {split} σ={sigma}")
+                    y = _measure(op, x, split, sigma, seed)
+                    x_le = est(y, float(sigma))
+                    p_le_truth = _mean(psnr(x_le, x))
+                    store = {"x": x, "y": y, "lemmse": x_le}
+                    for exp in exps:
+                        x_net = predict(models[exp], y, float(sigma))
+                        store[exp.arch] = x_net
+                        rows.append(
+                            {
+                                "dataset": dataset,
+                                "task": task,
+                                "arch": exp.arch,
+                                "physics": physics,
+                                "split": split,
+                                "sigma": float(sigma),
+                                "n_train": n_train,
+                                "n_images": n_images,
+                                "psnr_net_lemmse": _mean(psnr(x_net, x_le)),
+                                "psnr_net_truth": _mean(psnr(x_net, x)),
+                                "psnr_lemmse_truth": p_le_truth,
+                            }
+                        )
+                    if return_images:
+                        images[(dataset, task, physics, split, float(sigma))] = store
+                    bar.update(1)
+    return (rows, images) if return_images else rows
+
+
+# --------------------------------------------------------------------------- CSV
+
+_KEY = ("dataset", "task", "arch", "physics", "split", "sigma", "n_train", "n_images")
+
+
+def _row_key(row: dict) -> tuple:
+    return tuple(float(row[k]) if k == "sigma" else int(row[k]) if k in ("n_train", "n_images") else row[k] for k in _KEY)
+
+
+def merge_rows(old: Sequence[dict], new: Sequence[dict]) -> list:
+    """``old`` rows updated by ``new`` ones (same dataset, task, arch, physics, split, σ, n_train, n_images)."""
+    merged = {_row_key(r): r for r in old}
+    for r in new:
+        merged[_row_key(r)] = r
+    return list(merged.values())
+
+
+def _format(key, value) -> str:
+    if key.startswith("psnr_"):
+        return "inf" if math.isinf(float(value)) else f"{float(value):.3f}"
+    if key == "sigma":
+        return f"{float(value):g}"
+    return str(value)
+
+
+def write_agreement_csv(rows: Sequence[dict], path: Union[str, os.PathLike] = "results/agreement.csv") -> Path:
+    """Write ``rows`` to ``path`` with exactly the columns :data:`CSV_COLUMNS` (atomically).
+
+    PSNRs with 3 decimals; rows sorted by dataset, task, physics, arch, split, n_images, σ.
+    """
+    path = Path(path)
+    missing = [k for r in rows for k in CSV_COLUMNS if k not in r]
+    if missing:
+        raise ValueError(f"rows must have the keys {', '.join(CSV_COLUMNS)}; missing {sorted(set(missing))}")
+    order = lambda r: (r["dataset"], r["task"], r["physics"], r["arch"], r["split"], int(r["n_images"]), float(r["sigma"]))  # noqa: E731
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in sorted(rows, key=order):
+        writer.writerow([_format(k, r[k]) for k in CSV_COLUMNS])
+    _atomic_write_text(buf.getvalue(), path)
+    return path
+
+
+def read_agreement_csv(path: Union[str, os.PathLike] = "results/agreement.csv") -> list:
+    """Rows of ``path`` as dicts (σ and PSNRs as float, n_train and n_images as int)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+            raise ValueError(f"{path} must have the columns {','.join(CSV_COLUMNS)}, got {reader.fieldnames}")
+        rows = []
+        for r in reader:
+            for k in CSV_COLUMNS:
+                if k in ("sigma",) or k.startswith("psnr_"):
+                    r[k] = float(r[k])
+                elif k in ("n_train", "n_images"):
+                    r[k] = int(r[k])
+            rows.append(r)
+    return rows
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _add_cli(sub):
+    """Register ``python -m lemmse experiment {train,export,agreement}`` (see ``lemmse.__main__``)."""
+    p = sub.add_parser(
+        "experiment",
+        help="the experiment grid of the book: train, export, agreement",
+        description="Train, export and evaluate the networks of the experiment grid (lemmse.experiments).",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def filters(q):
+        q.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="(default: cpu)")
+        for name in ("dataset", "task", "arch", "physics"):
+            q.add_argument(f"--{name}", nargs="+", default=None, help=f"only these {name} values (default: all)")
+        q.add_argument("--n-train", type=int, default=None, help="override the scale's n_train")
+        q.add_argument("--data-root", default=None, help="data folder (default: $LEMMSE_DATA or ~/.cache/lemmse/data)")
+        q.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    t = actions.add_parser("train", help="train (or load) the selected networks")
+    filters(t)
+    t.add_argument("--root", default="checkpoints", help="checkpoint folder (default: checkpoints)")
+    t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ... (default: auto)")
+    t.set_defaults(func=_run_train)
+
+    e = actions.add_parser("export", help="export finished checkpoints (fp16) with a manifest")
+    filters(e)
+    e.add_argument("--root", default="checkpoints", help="where the finished checkpoints are (default: checkpoints)")
+    e.add_argument("--out", default=str(RESULTS_CHECKPOINTS), help=f"(default: {RESULTS_CHECKPOINTS})")
+    e.set_defaults(func=_run_export)
+
+    a = actions.add_parser("agreement", help="PSNR(net, LE-MMSE) etc. for the selected networks -> CSV")
+    filters(a)
+    a.add_argument("--out", default="results/agreement.csv", help="CSV, updated in place (default: results/agreement.csv)")
+    a.add_argument("--n-images", type=int, default=8, help="images per split (default: 8)")
+    a.add_argument("--sigma", type=float, nargs="+", default=list(SIGMAS), help=f"(default: {' '.join(map(str, SIGMAS))})")
+    a.add_argument("--split", nargs="+", choices=EVAL_SPLITS, default=list(EVAL_SPLITS))
+    a.add_argument("--roots", nargs="+", default=[str(RESULTS_CHECKPOINTS), "checkpoints"],
+                   help="checkpoint folders searched in order (default: results/checkpoints checkpoints)")
+    a.set_defaults(func=_run_agreement)
+
+
+def _selection(args) -> dict:
+    sel = {k: getattr(args, k) for k in ("dataset", "task", "arch", "physics")}
+    select(**sel)  # validates
+    return sel
+
+
+def _overrides(args) -> dict:
+    return {} if args.n_train is None else {"n_train": args.n_train}
+
+
+def _run_train(args) -> int:
+    import sys
+
+    try:
+        models = train_grid(args.scale, **_selection(args), root=args.root, data_root=args.data_root,
+                            device=args.device, progress=not args.no_progress, **_overrides(args))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for exp, model in models.items():
+        print(f"{exp.dataset} {exp.task} {exp.physics} {exp.arch}: {checkpoint_path(model.train_config, args.root)}")
+    return 0
+
+
+def _run_export(args) -> int:
+    import sys
+
+    try:
+        path = export_grid(args.scale, **_selection(args), src=args.root, dst=args.out, **_overrides(args))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"manifest: {path}")
+    return 0
+
+
+def _run_agreement(args) -> int:
+    import sys
+
+    try:
+        exps = select(**_selection(args))
+        rows = evaluate_agreement(exps, args.scale, sigmas=args.sigma, splits=args.split, n_images=args.n_images,
+                                  roots=args.roots, data_root=args.data_root, progress=not args.no_progress,
+                                  **_overrides(args))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    old = read_agreement_csv(out) if out.exists() else []
+    write_agreement_csv(merge_rows(old, rows), out)
+    for r in rows:
+        print(f"{r['dataset']} {r['task']} {r['physics']} {r['arch']:8s} {r['split']:5s} σ={r['sigma']:<4g} "
+              f"net-LE {r['psnr_net_lemmse']:6.2f}  net-x {r['psnr_net_truth']:6.2f}  LE-x {r['psnr_lemmse_truth']:6.2f}")
+    print(f"wrote {out} ({len(rows)} rows updated)")
+    return 0
