@@ -57,6 +57,8 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 #: explicit differences (native kernel) or in float64 (torch path) instead of the fp32 GEMM
 #: expansion, whose cancellation error grows like ‖q‖‖k‖·2⁻²⁴/σ² (chapter 7).
 DIRECT_SIGMA = 0.1
+#: Bound on the score block of the torch path (cache-friendly element-wise passes).
+TORCH_BLOCK_BYTES = 1 << 30
 #: n50 is computed exactly (from the sorted largest weights) when it is at most this many.
 N50_EXACT = 256
 _HIST_BINS = 2048
@@ -259,8 +261,9 @@ class StreamingAttention:
         K = keys.shape[0]
         # rows x cols of the score block within the budget (a few temporaries of that size)
         per = self.dtype.itemsize * (6 if self.track else 3)
-        cols = max(1, min(K, self.budget // (per * max(1, min(qe - qs, 1024)))))
-        rows = max(1, min(qe - qs, self.budget // (per * cols)))
+        budget = min(self.budget, TORCH_BLOCK_BYTES)
+        cols = max(1, min(K, budget // (per * max(1, min(qe - qs, 1024)))))
+        rows = max(1, min(qe - qs, budget // (per * cols)))
         for r0 in range(qs, qe, rows):
             r1 = min(qe, r0 + rows)
             q = self.q[r0:r1].to(ldt)
@@ -277,7 +280,10 @@ class StreamingAttention:
                 bm = S.amax(1)
                 m_new = torch.maximum(self._m[r0:r1], bm)
                 scale = torch.exp(self._m[r0:r1] - m_new)
-                S.sub_(m_new[:, None]).exp_()
+                # clamp: exp of very negative logits gives denormals, ~100x slower to compute;
+                # weights below e^-87 (fp32) / e^-700 (fp64) of the largest are negligible
+                S.sub_(m_new[:, None]).clamp_(min=-87.0 if S.dtype == torch.float32 else -700.0)
+                S.exp_()
                 self._den[r0:r1] = self._den[r0:r1] * scale + S.sum(1)
                 self._num[r0:r1] = self._num[r0:r1] * scale[:, None] + S @ vals[c0:c1]
                 self._m[r0:r1] = m_new
