@@ -123,7 +123,8 @@ class Scale:
 
 
 #: The two scales. ``"cpu"``: what ran on this project's 2-core CPU (FashionMNIST denoising:
-#: 4–7 minutes per network at 60–90 images/s); ``"reference"``: the reference setup of section 7 of
+#: 800 steps of 32 images, about 8 minutes per network at 50 images/s on one thread of
+#: the shared CPU); ``"reference"``: the reference setup of section 7 of
 #: ``lemmse-math.md`` (for a GPU and the full data sets).
 SCALES = {
     "cpu": Scale(

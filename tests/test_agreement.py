@@ -1,0 +1,133 @@
+"""The committed networks and results/agreement.csv (book chapters "Training the three
+architectures" and "Networks vs LE-MMSE").
+
+- the manifest's sha256 of every committed checkpoint matches the file, and every checkpoint
+  loads and has a measured receptive field of exactly P×P;
+- rows of the CSV are recomputed from the committed checkpoints with the same code path
+  (:func:`lemmse.experiments.evaluate_agreement`, same images and noise seeds) and must agree to
+  0.05 dB: the n_images = 2 rows at σ = 0.2 on test images (one LE-MMSE over the 10 000
+  training images for 2 images, shared by the three networks);
+- the CSV's format, and the CSV writer/reader and row merging on a temporary file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from lemmse.experiments import (
+    CSV_COLUMNS,
+    Experiment,
+    evaluate_agreement,
+    merge_rows,
+    read_agreement_csv,
+    write_agreement_csv,
+)
+from lemmse.nets import receptive_field
+from lemmse.train import load_checkpoint
+
+CKPT_DIR = REPO_ROOT / "results" / "checkpoints"
+CSV_PATH = REPO_ROOT / "results" / "agreement.csv"
+TOLERANCE_DB = 0.05
+
+
+def _manifest():
+    path = CKPT_DIR / "MANIFEST.json"
+    if not path.exists():
+        pytest.skip(f"no committed checkpoints ({path} missing)")
+    return json.loads(path.read_text())["files"]
+
+
+def test_manifest_sha256_and_size():
+    files = _manifest()
+    assert files, "MANIFEST.json lists no checkpoint"
+    total = 0
+    for name, entry in files.items():
+        data = (CKPT_DIR / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], f"{name}: sha256 differs from MANIFEST.json"
+        assert entry["steps"] == entry["config"]["steps"], f"{name}: unfinished run"
+        total += len(data)
+    on_disk = {p.name for p in CKPT_DIR.glob("*.pt")}
+    assert on_disk == set(files), f"checkpoints not in the manifest: {sorted(on_disk ^ set(files))}"
+    assert total <= 60e6, f"committed checkpoints hold {total / 1e6:.1f} MB (limit 60 MB)"
+
+
+def test_checkpoints_receptive_field_is_P():
+    for name, entry in _manifest().items():
+        model, config, history = load_checkpoint(CKPT_DIR / name)
+        assert config.identity() == entry["config"], f"{name}: config differs from the manifest"
+        assert len(history["loss"]) == config.steps
+        P = config.patch_size
+        assert receptive_field(model, (model.channels, 4 * P, 4 * P)) == (P, P), name
+
+
+def test_csv_format():
+    if not CSV_PATH.exists():
+        pytest.skip(f"{CSV_PATH} missing")
+    header = CSV_PATH.read_text().splitlines()[0]
+    assert header == ",".join(CSV_COLUMNS)
+    rows = read_agreement_csv(CSV_PATH)
+    assert rows
+    for r in rows:
+        assert r["split"] in ("train", "test") and r["n_images"] >= 1 and r["n_train"] >= 1
+        for k in ("psnr_net_lemmse", "psnr_net_truth", "psnr_lemmse_truth"):
+            assert 0 < r[k] < 100, (k, r)
+
+
+def test_csv_rows_recomputed_from_checkpoints(real_data_root):
+    """Chapter "Networks vs LE-MMSE": the σ = 0.2 test rows with n_images = 2, recomputed."""
+    _manifest()
+    if not CSV_PATH.exists():
+        pytest.skip(f"{CSV_PATH} missing")
+    want = [
+        r
+        for r in read_agreement_csv(CSV_PATH)
+        if r["dataset"] == "fashion-mnist" and r["task"] == "denoising" and r["physics"] == "agnostic"
+        and r["split"] == "test" and r["sigma"] == 0.2 and r["n_images"] == 2
+    ]
+    assert len(want) == 3, "the CSV should hold the n_images=2, σ=0.2 test rows of the three networks"
+    exps = [Experiment("fashion-mnist", "denoising", r["arch"]) for r in want]
+    got = evaluate_agreement(
+        exps, "cpu", sigmas=[0.2], splits=["test"], n_images=2, roots=[CKPT_DIR],
+        data_root=real_data_root, progress=False, n_train=want[0]["n_train"],
+    )
+    got = {r["arch"]: r for r in got}
+    for r in want:
+        for k in ("psnr_net_lemmse", "psnr_net_truth", "psnr_lemmse_truth"):
+            assert abs(got[r["arch"]][k] - r[k]) <= TOLERANCE_DB, (r["arch"], k, got[r["arch"]][k], r[k])
+
+
+def _row(arch="unet", sigma=0.2, value=30.0):
+    return dict(dataset="fashion-mnist", task="denoising", arch=arch, physics="agnostic", split="test",
+                sigma=sigma, n_train=10, n_images=2, psnr_net_lemmse=value, psnr_net_truth=20.0,
+                psnr_lemmse_truth=21.0)
+
+
+def test_csv_roundtrip_and_merge(tmp_path):
+    path = tmp_path / "a.csv"
+    write_agreement_csv([_row(sigma=0.5), _row(sigma=0.05)], path)
+    rows = read_agreement_csv(path)
+    assert [r["sigma"] for r in rows] == [0.05, 0.5]  # sorted
+    merged = merge_rows(rows, [_row(sigma=0.5, value=12.5), _row(arch="resnet")])
+    assert len(merged) == 3
+    write_agreement_csv(merged, path)
+    back = {(r["arch"], r["sigma"]): r["psnr_net_lemmse"] for r in read_agreement_csv(path)}
+    assert back[("unet", 0.5)] == 12.5 and back[("unet", 0.05)] == 30.0
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="psnr_net_truth"):
+        write_agreement_csv([{k: v for k, v in _row().items() if k != "psnr_net_truth"}], path)
+
+
+def test_noise_does_not_depend_on_n_images():
+    from lemmse.experiments import _measure
+    from lemmse.operators import Denoising
+
+    x = torch.rand(4, 1, 8, 8)
+    y4 = _measure(Denoising(), x, "test", 0.2, 0)
+    y2 = _measure(Denoising(), x[:2], "test", 0.2, 0)
+    assert torch.equal(y4[:2], y2)
+    assert not torch.equal(_measure(Denoising(), x[:2], "train", 0.2, 0), y2)
