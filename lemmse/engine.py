@@ -52,7 +52,6 @@ LOG2E = 1.4426950408889634
 NATIVE_MAX_DIM = 96
 #: Default bound on the working memory of one estimator call, in bytes.
 DEFAULT_MEMORY_BUDGET = 1 << 30
-#: Bins of the log-weight histogram used to count the patches holding 50 % of the mass.
 #: Below this noise level (in the centred [0, 1] pixel scale) the logits are computed from
 #: explicit differences (native kernel) or in float64 (torch path) instead of the fp32 GEMM
 #: expansion, whose cancellation error grows like ‖q‖‖k‖·2⁻²⁴/σ² (chapter 7).
@@ -61,6 +60,7 @@ DIRECT_SIGMA = 0.1
 TORCH_BLOCK_BYTES = 1 << 30
 #: n50 is computed exactly (from the sorted largest weights) when it is at most this many.
 N50_EXACT = 256
+# bins of the log-weight histogram used to count the patches holding 50 % of the mass
 _HIST_BINS = 2048
 _HIST_RANGE = 32.0  # nats below the total mass (bins of 1/64 nat)
 
@@ -309,8 +309,11 @@ class StreamingAttention:
         self._s2[r0:r1] += (w * w).sum(1)
         cid = (torch.arange(c0, c0 + S.shape[1], device=self.device) if ids is None
                else ids.to(self.device))
-        both_l = torch.cat([self._tk_logw[r0:r1], logw], 1)
-        both_i = torch.cat([self._tk_id[r0:r1], cid[None].expand(r1 - r0, -1)], 1)
+        # the chunk's own largest weights first, then merge with the running ones
+        kc = min(self._keep, logw.shape[1])
+        c_l, c_pos = logw.topk(kc, dim=1)
+        both_l = torch.cat([self._tk_logw[r0:r1], c_l], 1)
+        both_i = torch.cat([self._tk_id[r0:r1], cid[c_pos]], 1)
         kk = min(self._keep, both_l.shape[1])
         top_l, pos = both_l.topk(kk, dim=1)
         self._tk_logw[r0:r1, :kk] = top_l

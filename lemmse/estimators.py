@@ -84,6 +84,8 @@ class Posterior:
     Attributes
     ----------
     x_hat : Tensor ``[B, C, H, W]``
+        The float tensors have the estimator's dtype; the diagnostics are accumulated in
+        float64 internally.
     log_density : Tensor ``[B, H, W]``
         ``log( (1/K) Σ_k N(q; k, σ² I_D) )``: the log of the Gaussian-smoothed empirical density
         of the ``K`` admissible measured training patches at the query patch ``q`` (whitened
@@ -414,8 +416,10 @@ class _PatchAttention(_Estimator):
             position = torch.stack([torch.div(pos, W, rounding_mode="floor"), pos % W], -1)
             position = torch.where(ids[..., None] >= 0, position, torch.full_like(position, -1))
             img = torch.where(ids >= 0, img, torch.full_like(img, -1))
-            return Posterior(x_hat, logdens.view(Bn, H, W), back(d["n50"]),
-                             back(d["participation"]), back(d["topk_weights"]), img, position)
+            dt = self.dtype
+            return Posterior(x_hat, logdens.view(Bn, H, W).to(dt), back(d["n50"]),
+                             back(d["participation"]).to(dt), back(d["topk_weights"]).to(dt),
+                             img, position)
 
 
 class LEMMSE(_PatchAttention):
@@ -534,8 +538,10 @@ class MMSE(_Estimator):
             ids = d["topk_ids"]
             pos = torch.where(ids[..., None] >= 0, torch.zeros(*ids.shape, 2, dtype=torch.int64,
                                                                 device=ids.device), -1)
-            return Posterior(x_hat, field(logdens), field(d["n50"]), field(d["participation"]),
-                             field(d["topk_weights"]), field(ids), field(pos))
+            dt = self.dtype
+            return Posterior(x_hat, field(logdens).to(dt), field(d["n50"]),
+                             field(d["participation"]).to(dt), field(d["topk_weights"]).to(dt),
+                             field(ids), field(pos))
 
 
 class EquivariantMMSE(_Estimator):
