@@ -75,7 +75,8 @@ def plain_baseline(est, y, sigma, row_chunk=1024, col_chunk=16384):
         for c0 in range(0, k.shape[0], col_chunk):
             s = (qr @ k[c0:c0 + col_chunk].T - kk[c0:c0 + col_chunk]) / sigma ** 2
             m_new = torch.maximum(m, s.max(1, keepdim=True).values)
-            w = torch.exp(s - m_new)
+            # clamped like the engine: exp of logits below -87 is a denormal slow path
+            w = torch.exp((s - m_new).clamp_(min=-87.0))
             scale = torch.exp(m - m_new)
             den = den * scale + w.sum(1, keepdim=True)
             num = num * scale + w @ v[c0:c0 + col_chunk]
