@@ -12,9 +12,9 @@ For each setting it prints
 - the time of a plain baseline written here (chunked GEMM + exp + running max, no fusion) on
   the same problem restricted to the first ``--baseline-n`` training images, the LE-MMSE time on
   that same restricted problem, and the speed-up;
-- the peak resident memory of a fresh process that runs only that setting (so that settings do
-  not share their peaks), read right after the LE-MMSE call; it includes the interpreter,
-  torch and the loaded training images;
+- the peak resident memory during the LE-MMSE call, in a fresh process that runs only that
+  setting (the peak mark is reset after the data is loaded); it includes the interpreter, torch
+  and the training images, whose size the RSS before the call shows;
 - the max abs pixel error against float64 (``dtype=torch.float64``, torch back-end) on 2 test
   images and the first ``--error-n`` training images, at the benchmark's sigma.
 """
@@ -85,6 +85,32 @@ def plain_baseline(est, y, sigma, row_chunk=1024, col_chunk=16384):
     return out
 
 
+def _status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_mib():
+    return _status("VmRSS")
+
+
+def _reset_peak():
+    """Reset the kernel's peak-RSS mark (Linux), so that data loading is not counted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_mib():
+    hwm = _status("VmHWM")
+    return hwm if hwm == hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def make_problem(setting, n_train=None, n_images=None):
     dataset, task, physics, P, N, B = setting
     N = N if n_train is None else n_train
@@ -109,11 +135,13 @@ def run_setting(name, setting, args):
     queries = y.shape[0] * est.H * est.W
     keys = train.shape[0] * est.H * est.W
     est(y[:1], args.sigma)  # warm-up (kernel compile / load)
+    base_mib = _rss_mib()
+    _reset_peak()
     t = time.perf_counter()
     x_hat = est(y, args.sigma)
     t_le = time.perf_counter() - t
     gflops = 2 * queries * keys * D / t_le / 1e9
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB, the engine's peak
+    peak = _peak_mib()  # the process's peak during the call (data loading excluded)
     # plain baseline vs engine on the same restricted problem
     nb = min(args.baseline_n, train.shape[0])
     est_b = lemmse.LEMMSE(train[:nb].contiguous(), op, patch_size=P, preinverse=physics)
@@ -135,7 +163,7 @@ def run_setting(name, setting, args):
             "queries": queries, "keys": keys, "time_s": t_le, "gflops": gflops,
             "baseline_n": nb, "baseline_s": t_base, "engine_small_s": t_eng,
             "speedup": t_base / t_eng, "baseline_agree": agree, "err_f64": err,
-            "error_n": ne, "peak_mib": peak, "backend": lemmse.engine.choose_backend(
+            "error_n": ne, "peak_mib": peak, "before_mib": base_mib, "backend": lemmse.engine.choose_backend(
                 D, est.C, torch.float32, torch.device("cpu")),
             "psnr_mean": float(lemmse.psnr(x_hat.clamp(0, 1), x).mean())}
 
@@ -177,7 +205,8 @@ def main(argv=None):
         print(f"{name:28s} D={r['D']:4d} N={r['N']:6d} imgs={r['images']:3d} {r['backend']:6s} "
               f"time {r['time_s']:7.2f} s  {r['gflops']:6.1f} GFLOP/s  "
               f"baseline x{r['speedup']:.1f} ({r['baseline_s']:.2f} s vs {r['engine_small_s']:.2f} s"
-              f" on N={r['baseline_n']})  err64 {r['err_f64']:.1e}  peak {r['peak_mib']:.0f} MiB",
+              f" on N={r['baseline_n']})  err64 {r['err_f64']:.1e}  peak {r['peak_mib']:.0f} MiB"
+              f" (RSS before the call {r['before_mib']:.0f} MiB)  matmul {mm[-1]:.0f} GFLOP/s",
               flush=True)
     ref = sorted(mm)[len(mm) // 2]
     print(f"\nfp32 matmul 2048^2: median {ref:.1f} GFLOP/s over {len(mm)} measurements "
