@@ -19,7 +19,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-_SRC = Path(__file__).with_name("_kernels") / "attend_avx512.c"
+_KERNELS = Path(__file__).with_name("_kernels")
+_SRC = _KERNELS / "attend_avx512.c"
+_HEADERS = (_KERNELS / "avx512_common.h",)  # part of every kernel's cache key
 _FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512dq", "-mfma", "-pthread", "-shared",
           "-fPIC", "-std=c11"]
 _lock = threading.Lock()
@@ -43,7 +45,7 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _build(dst: Path) -> None:
+def _build(dst: Path, src: Path = _SRC) -> None:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler found")
@@ -51,7 +53,7 @@ def _build(dst: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=dst.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *_FLAGS, str(_SRC), "-o", tmp, "-lm"], check=True,
+        subprocess.run([cc, *_FLAGS, str(src), "-o", tmp, "-lm"], check=True,
                        capture_output=True, text=True)
         os.replace(tmp, dst)  # atomic: a half-written library is never loaded
     finally:
@@ -68,7 +70,7 @@ def load_kernel():
     with _lock:
         if "fn" in _cache:
             return _cache["fn"]
-        src = _SRC.read_bytes()
+        src = _SRC.read_bytes() + b"".join(h.read_bytes() for h in _HEADERS)
         key = hashlib.sha256(src + " ".join(_FLAGS).encode()
                              + " ".join(sorted(_cpu_flags())).encode()).hexdigest()[:16]
         so = cache_dir() / f"attend_avx512_{key}.so"
