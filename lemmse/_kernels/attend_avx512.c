@@ -38,135 +38,73 @@
 
 #include "avx512_common.h"
 
-#define DEFINE_TILE(QT, CV)                                                                        \
-static void tile_##QT##_##CV(const float *Q, const float *qscale, int64_t D,                          \
-                      const float *Kt, const float *kb, const float *Vt,            \
-                      int64_t b0, int64_t b1, int nlast, float *m, float *acc) {               \
-    const int64_t Cv = CV, S = (CV + 1) * 16;                                                  \
-    __m512 st[QT][CV + 1];                                                                          \
-    float mm[QT];                                                                              \
-    for (int t = 0; t < QT; t++) {                                                             \
-        mm[t] = m[t];                                                                          \
-        for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_loadu_ps(acc + t * S + c * 16);   \
-    }                                                                                          \
-    for (int64_t b = b0; b < b1; b++) {                                                        \
-        const float *K = Kt + b * D * 16;                                                      \
-        const __m512 bias = _mm512_loadu_ps(kb + b * 16);                                      \
-        __m512 l[QT];                                                                          \
-        for (int t = 0; t < QT; t++) l[t] = _mm512_mul_ps(bias, _mm512_set1_ps(qscale[t]));   \
-        for (int64_t d = 0; d < D; d++) {                                                      \
-            const __m512 kv = _mm512_loadu_ps(K + d * 16);                                     \
-            for (int t = 0; t < QT; t++)                                                       \
-                l[t] = _mm512_fmadd_ps(_mm512_set1_ps(Q[t * D + d]), kv, l[t]);                \
-        }                                                                                      \
-        const __mmask16 valid = (b == b1 - 1) ? (__mmask16)((1u << nlast) - 1u) : 0xFFFF;      \
-        const float *V = Vt + b * Cv * 16;                                                     \
-        for (int t = 0; t < QT; t++) {                                                         \
-            __mmask16 big = _mm512_mask_cmp_ps_mask(valid, l[t],                               \
-                                _mm512_set1_ps(mm[t] + SLACK), _CMP_GT_OQ);                     \
-            if (big) {                                                                         \
-                float bm = _mm512_mask_reduce_max_ps(valid, l[t]);                              \
-                float nm = bm > mm[t] ? bm : mm[t];                                            \
-                __m512 sc = _mm512_set1_ps(exp2f(mm[t] - nm));                                 \
-                for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_mul_ps(st[t][c], sc);      \
-                mm[t] = nm;                                                                    \
-            }                                                                                  \
-            __m512 e = exp2_ps(_mm512_sub_ps(l[t], _mm512_set1_ps(mm[t])));                    \
-            e = _mm512_maskz_mov_ps(valid, e);                                                 \
-            st[t][0] = _mm512_add_ps(st[t][0], e);                                             \
-            for (int64_t c = 0; c < Cv; c++)                                                   \
-                st[t][c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(V + c * 16), st[t][c + 1]);   \
-        }                                                                                      \
-    }                                                                                          \
-    for (int t = 0; t < QT; t++) {                                                             \
-        m[t] = mm[t];                                                                          \
-        for (int64_t c = 0; c <= Cv; c++) _mm512_storeu_ps(acc + t * S + c * 16, st[t][c]);    \
-    }                                                                                          \
+/* One tile: QT query rows x one key block of 16 keys at a time, CV value channels.  DIRECT is a
+   compile-time flag: 0 for the GEMM expansion (Q pre-scaled, logits s_q (q.k - |k|^2/2)), 1 for
+   explicit differences (logits qscale_q |q - k|^2).                                          */
+#define DEFINE_TILE(NAME, QT, CV, DIRECT)                                                          \
+static void NAME(const float *Q, const float *qscale, int64_t D,                                   \
+                 const float *Kt, const float *kb, const float *Vt,                                \
+                 int64_t b0, int64_t b1, int nlast, float *m, float *acc) {                        \
+    const int64_t Cv = CV, S = (CV + 1) * 16;                                                      \
+    __m512 st[QT][CV + 1];                                                                         \
+    float mm[QT];                                                                                  \
+    for (int t = 0; t < QT; t++) {                                                                 \
+        mm[t] = m[t];                                                                              \
+        for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_loadu_ps(acc + t * S + c * 16);       \
+    }                                                                                              \
+    for (int64_t b = b0; b < b1; b++) {                                                            \
+        const float *K = Kt + b * D * 16;                                                          \
+        __m512 l[QT];                                                                              \
+        for (int t = 0; t < QT; t++)                                                               \
+            l[t] = DIRECT ? _mm512_setzero_ps()                                                    \
+                          : _mm512_mul_ps(_mm512_loadu_ps(kb + b * 16), _mm512_set1_ps(qscale[t]));\
+        for (int64_t d = 0; d < D; d++) {                                                          \
+            const __m512 kv = _mm512_loadu_ps(K + d * 16);                                         \
+            for (int t = 0; t < QT; t++) {                                                         \
+                const __m512 qv = _mm512_set1_ps(Q[t * D + d]);                                    \
+                if (DIRECT) {                                                                      \
+                    const __m512 df = _mm512_sub_ps(qv, kv);                                       \
+                    l[t] = _mm512_fmadd_ps(df, df, l[t]);                                          \
+                } else {                                                                           \
+                    l[t] = _mm512_fmadd_ps(qv, kv, l[t]);                                          \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        if (DIRECT)                                                                                \
+            for (int t = 0; t < QT; t++) l[t] = _mm512_mul_ps(l[t], _mm512_set1_ps(qscale[t]));   \
+        const __mmask16 valid = (b == b1 - 1) ? (__mmask16)((1u << nlast) - 1u) : 0xFFFF;          \
+        const float *V = Vt + b * Cv * 16;                                                         \
+        for (int t = 0; t < QT; t++) {                                                             \
+            __mmask16 big = _mm512_mask_cmp_ps_mask(valid, l[t],                                   \
+                                _mm512_set1_ps(mm[t] + SLACK), _CMP_GT_OQ);                        \
+            if (big) {                                                                             \
+                float bm = _mm512_mask_reduce_max_ps(valid, l[t]);                                 \
+                float nm = bm > mm[t] ? bm : mm[t];                                                \
+                __m512 sc = _mm512_set1_ps(exp2f(mm[t] - nm));                                     \
+                for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_mul_ps(st[t][c], sc);          \
+                mm[t] = nm;                                                                        \
+            }                                                                                      \
+            __m512 e = exp2_ps(_mm512_sub_ps(l[t], _mm512_set1_ps(mm[t])));                        \
+            e = _mm512_maskz_mov_ps(valid, e);                                                     \
+            st[t][0] = _mm512_add_ps(st[t][0], e);                                                 \
+            for (int64_t c = 0; c < Cv; c++)                                                       \
+                st[t][c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(V + c * 16), st[t][c + 1]);      \
+        }                                                                                          \
+    }                                                                                              \
+    for (int t = 0; t < QT; t++) {                                                                 \
+        m[t] = mm[t];                                                                              \
+        for (int64_t c = 0; c <= Cv; c++) _mm512_storeu_ps(acc + t * S + c * 16, st[t][c]);        \
+    }                                                                                              \
 }
 
+#define DEFINE_TILES(QT, CV)                                                                       \
+    DEFINE_TILE(tile_##QT##_##CV, QT, CV, 0)                                                       \
+    DEFINE_TILE(dtile_##QT##_##CV, QT, CV, 1)
 
-#define DEFINE_TILE_DIRECT(QT, CV)                                                                        \
-static void dtile_##QT##_##CV(const float *Q, const float *qscale, int64_t D,                          \
-                      const float *Kt, const float *kb, const float *Vt,            \
-                      int64_t b0, int64_t b1, int nlast, float *m, float *acc) {               \
-    const int64_t Cv = CV, S = (CV + 1) * 16;                                                  \
-    __m512 st[QT][CV + 1];                                                                          \
-    float mm[QT];                                                                              \
-    for (int t = 0; t < QT; t++) {                                                             \
-        mm[t] = m[t];                                                                          \
-        for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_loadu_ps(acc + t * S + c * 16);   \
-    }                                                                                          \
-    for (int64_t b = b0; b < b1; b++) {                                                        \
-        const float *K = Kt + b * D * 16;                                                      \
-        const __m512 bias = _mm512_loadu_ps(kb + b * 16);                                      \
-        __m512 l[QT];                                                                          \
-        for (int t = 0; t < QT; t++) l[t] = _mm512_setzero_ps(); (void)bias;             \
-        for (int64_t d = 0; d < D; d++) {                                                      \
-            const __m512 kv = _mm512_loadu_ps(K + d * 16);                                     \
-            for (int t = 0; t < QT; t++)                                                       \
-            {   __m512 df = _mm512_sub_ps(_mm512_set1_ps(Q[t * D + d]), kv);                   \
-                l[t] = _mm512_fmadd_ps(df, df, l[t]); }                                         \
-        }                                                                                      \
-        for (int t = 0; t < QT; t++) l[t] = _mm512_mul_ps(l[t], _mm512_set1_ps(qscale[t]));   \
-        const __mmask16 valid = (b == b1 - 1) ? (__mmask16)((1u << nlast) - 1u) : 0xFFFF;      \
-        const float *V = Vt + b * Cv * 16;                                                     \
-        for (int t = 0; t < QT; t++) {                                                         \
-            __mmask16 big = _mm512_mask_cmp_ps_mask(valid, l[t],                               \
-                                _mm512_set1_ps(mm[t] + SLACK), _CMP_GT_OQ);                     \
-            if (big) {                                                                         \
-                float bm = _mm512_mask_reduce_max_ps(valid, l[t]);                              \
-                float nm = bm > mm[t] ? bm : mm[t];                                            \
-                __m512 sc = _mm512_set1_ps(exp2f(mm[t] - nm));                                 \
-                for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_mul_ps(st[t][c], sc);      \
-                mm[t] = nm;                                                                    \
-            }                                                                                  \
-            __m512 e = exp2_ps(_mm512_sub_ps(l[t], _mm512_set1_ps(mm[t])));                    \
-            e = _mm512_maskz_mov_ps(valid, e);                                                 \
-            st[t][0] = _mm512_add_ps(st[t][0], e);                                             \
-            for (int64_t c = 0; c < Cv; c++)                                                   \
-                st[t][c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(V + c * 16), st[t][c + 1]);   \
-        }                                                                                      \
-    }                                                                                          \
-    for (int t = 0; t < QT; t++) {                                                             \
-        m[t] = mm[t];                                                                          \
-        for (int64_t c = 0; c <= Cv; c++) _mm512_storeu_ps(acc + t * S + c * 16, st[t][c]);    \
-    }                                                                                          \
-}
-
-
-DEFINE_TILE(1, 1)
-DEFINE_TILE(2, 1)
-DEFINE_TILE(4, 1)
-DEFINE_TILE(8, 1)
-DEFINE_TILE(1, 2)
-DEFINE_TILE(2, 2)
-DEFINE_TILE(4, 2)
-DEFINE_TILE(8, 2)
-DEFINE_TILE(1, 3)
-DEFINE_TILE(2, 3)
-DEFINE_TILE(4, 3)
-DEFINE_TILE(8, 3)
-DEFINE_TILE(1, 4)
-DEFINE_TILE(2, 4)
-DEFINE_TILE(4, 4)
-DEFINE_TILE(8, 4)
-
-DEFINE_TILE_DIRECT(1, 1)
-DEFINE_TILE_DIRECT(2, 1)
-DEFINE_TILE_DIRECT(4, 1)
-DEFINE_TILE_DIRECT(8, 1)
-DEFINE_TILE_DIRECT(1, 2)
-DEFINE_TILE_DIRECT(2, 2)
-DEFINE_TILE_DIRECT(4, 2)
-DEFINE_TILE_DIRECT(8, 2)
-DEFINE_TILE_DIRECT(1, 3)
-DEFINE_TILE_DIRECT(2, 3)
-DEFINE_TILE_DIRECT(4, 3)
-DEFINE_TILE_DIRECT(8, 3)
-DEFINE_TILE_DIRECT(1, 4)
-DEFINE_TILE_DIRECT(2, 4)
-DEFINE_TILE_DIRECT(4, 4)
-DEFINE_TILE_DIRECT(8, 4)
+DEFINE_TILES(1, 1) DEFINE_TILES(2, 1) DEFINE_TILES(4, 1) DEFINE_TILES(8, 1)
+DEFINE_TILES(1, 2) DEFINE_TILES(2, 2) DEFINE_TILES(4, 2) DEFINE_TILES(8, 2)
+DEFINE_TILES(1, 3) DEFINE_TILES(2, 3) DEFINE_TILES(4, 3) DEFINE_TILES(8, 3)
+DEFINE_TILES(1, 4) DEFINE_TILES(2, 4) DEFINE_TILES(4, 4) DEFINE_TILES(8, 4)
 
 typedef void (*tile_fn)(const float *, const float *, int64_t, const float *, const float *,
                         const float *, int64_t, int64_t, int, float *, float *);
