@@ -65,6 +65,13 @@ __all__ = [
     "noise_seed",
     "evaluate_agreement",
     "lemmse_outputs",
+    "eval_images",
+    "evaluate_patch_size",
+    "PATCH_CSV_COLUMNS",
+    "ANALYSIS",
+    "GRIDS",
+    "write_patch_size_csv",
+    "read_patch_size_csv",
     "write_agreement_csv",
     "read_agreement_csv",
     "merge_rows",
@@ -89,6 +96,22 @@ CSV_COLUMNS = (
     "psnr_net_lemmse",
     "psnr_net_truth",
     "psnr_lemmse_truth",
+)
+
+#: Columns of ``results/patch_size.csv`` (networks with patch size ``patch_net`` against the
+#: LE-MMSE with patch size ``patch_lemmse``), in order.
+PATCH_CSV_COLUMNS = (
+    "dataset",
+    "task",
+    "arch",
+    "physics",
+    "split",
+    "sigma",
+    "n_train",
+    "n_images",
+    "patch_net",
+    "patch_lemmse",
+    "psnr_net_lemmse",
 )
 
 #: Where the committed (exported, fp16) checkpoints live, relative to the repository root.
@@ -133,7 +156,8 @@ SCALES = {
         steps=800,
         batch_size=32,
         warmup_steps=50,
-        n_train={"fashion-mnist": 10_000, "cifar10": 4_000, "ffhq32": 10},
+        # FFHQ-32: 8 of the 10 images here train; the other 2 are the held-out "test" images
+        n_train={"fashion-mnist": 10_000, "cifar10": 4_000, "ffhq32": 8},
     ),
     "reference": Scale(
         name="reference",
@@ -168,6 +192,7 @@ class Experiment:
     arch: str
     physics: str = "agnostic"
     patch_size: int = 5
+    n_train: Optional[int] = None  # None: the scale's n_train for the dataset
 
     def config(self, scale="cpu", **overrides) -> TrainConfig:
         """The :class:`~lemmse.train.TrainConfig` of this experiment at ``scale``."""
@@ -175,7 +200,7 @@ class Experiment:
         values = dict(
             dataset=self.dataset,
             split="train",
-            n_train=s.n_train[self.dataset],
+            n_train=s.n_train[self.dataset] if self.n_train is None else self.n_train,
             task=self.task,
             physics=self.physics,
             arch=self.arch,
@@ -191,9 +216,12 @@ class Experiment:
     def command(self, scale="cpu") -> str:
         """The one command that (re)trains this experiment at ``scale`` (device auto)."""
         s = _scale(scale)
+        extra = "" if self.patch_size == 5 else f" --patch-size {self.patch_size}"
+        extra += "" if self.n_train is None else f" --n-train {self.n_train}"
+        grid = "" if self in GRID else " --grid analysis"
         return (
-            f"python -m lemmse experiment train --scale {s.name} --dataset {self.dataset} "
-            f"--task {self.task} --arch {self.arch} --physics {self.physics}"
+            f"python -m lemmse experiment train --scale {s.name}{grid} --dataset {self.dataset} "
+            f"--task {self.task} --arch {self.arch} --physics {self.physics}{extra}"
         )
 
 
@@ -220,6 +248,25 @@ def _build_grid() -> tuple:
 GRID = _build_grid()
 
 
+def _build_analysis() -> tuple:
+    exps = []
+    # dataset size: the U-Net on FashionMNIST denoising with n = 100 and 1 000 (10 000 is in GRID)
+    for n in (100, 1_000):
+        exps.append(Experiment("fashion-mnist", "denoising", "unet", n_train=n))
+    # patch size: U-Net and PatchMLP with P = 3, 7, 9 (P = 5 is in GRID)
+    for P in (3, 7, 9):
+        for arch in ("unet", "patchmlp"):
+            exps.append(Experiment("fashion-mnist", "denoising", arch, patch_size=P))
+    return tuple(exps)
+
+
+#: The extra networks of the analysis chapter (dataset size and patch size; 8 networks).
+ANALYSIS = _build_analysis()
+
+#: Named grids for the command line (``--grid``).
+GRIDS = {"main": GRID, "analysis": ANALYSIS, "all": GRID + ANALYSIS}
+
+
 def _as_set(name, value, allowed=None):
     if value is None:
         return None
@@ -231,8 +278,22 @@ def _as_set(name, value, allowed=None):
     return values
 
 
-def select(dataset=None, task=None, arch=None, physics=None, grid: Sequence[Experiment] = GRID) -> list:
-    """The experiments of ``grid`` matching the filters (each a string, a list of strings or None = all)."""
+def select(dataset=None, task=None, arch=None, physics=None, grid: Union[str, Sequence[Experiment]] = GRID,
+           patch_size=None, n_train=None, scale="cpu") -> list:
+    """The experiments of ``grid`` matching the filters (each a value, a list of values or None = all).
+
+    ``grid`` is a sequence of experiments or a name of :data:`GRIDS` ("main", "analysis", "all").
+    ``n_train`` filters on the number of training images the experiment uses at ``scale``.
+    """
+    if isinstance(grid, str):
+        if grid not in GRIDS:
+            raise ValueError(f"grid must be one of {', '.join(map(repr, GRIDS))}, got {grid!r}")
+        grid = GRIDS[grid]
+    sizes = None if patch_size is None else ({patch_size} if isinstance(patch_size, int) else set(patch_size))
+    counts = None if n_train is None else ({n_train} if isinstance(n_train, int) else set(n_train))
+    s = _scale(scale)
+    grid = [e for e in grid if (sizes is None or e.patch_size in sizes)
+            and (counts is None or (s.n_train[e.dataset] if e.n_train is None else e.n_train) in counts)]
     filters = {
         "dataset": _as_set("dataset", dataset, sorted({e.dataset for e in grid})),
         "task": _as_set("task", task, sorted({e.task for e in grid})),
@@ -252,6 +313,9 @@ def train_grid(
     task=None,
     arch=None,
     physics=None,
+    grid="main",
+    patch_size=None,
+    n_train=None,
     root: Union[str, os.PathLike] = "checkpoints",
     data_root=None,
     device: str = "auto",
@@ -261,11 +325,11 @@ def train_grid(
     """Train (or load) every selected experiment at ``scale``; returns {Experiment: model}.
 
     Each network is ``lemmse.train.train_or_load(experiment.config(scale), root)``: nothing is
-    retrained when its checkpoint exists; an interrupted run resumes. ``overrides`` are extra
-    TrainConfig fields (for example ``n_train``).
+    retrained when its checkpoint exists; an interrupted run resumes. ``grid``, ``patch_size``
+    and ``n_train`` select as in :func:`select`; ``overrides`` are extra TrainConfig fields.
     """
     models = {}
-    for exp in select(dataset, task, arch, physics):
+    for exp in select(dataset, task, arch, physics, grid, patch_size, n_train, scale):
         config = exp.config(scale, device=device, **overrides)
         models[exp] = train_or_load(config, root, data_root=data_root, progress=progress)
     return models
@@ -294,6 +358,9 @@ def export_grid(
     task=None,
     arch=None,
     physics=None,
+    grid="main",
+    patch_size=None,
+    n_train=None,
     src: Union[str, os.PathLike] = "checkpoints",
     dst: Union[str, os.PathLike] = RESULTS_CHECKPOINTS,
     **overrides,
@@ -311,7 +378,7 @@ def export_grid(
     manifest_path = dst / "MANIFEST.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"files": {}}
     s = _scale(scale)
-    for exp in select(dataset, task, arch, physics):
+    for exp in select(dataset, task, arch, physics, grid, patch_size, n_train, s):
         config = exp.config(s, **overrides)
         path = checkpoint_path(config, src)
         if not path.exists():
@@ -376,6 +443,33 @@ def _measure(op, x, split, sigma, seed):
 
 def _mean(t: torch.Tensor) -> float:
     return float(t.double().mean())
+
+
+def eval_images(dataset: str, split: str, n_images: int, n_train: int, data_root=None) -> torch.Tensor:
+    """The evaluation images of ``split``: the first ``n_images`` of the split.
+
+    Where the data folder has no test split (FFHQ-32 here: 10 images, all in the train split by
+    the reference convention), the "test" images are the held-out images of the train split that
+    follow the first ``n_train`` (the networks' and the LE-MMSE's training images), at most
+    ``n_images`` of them; a warning says so. Raises ValueError when there are none.
+    """
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+    if split == "train":
+        if n_images > n_train:
+            raise ValueError(f"n_images={n_images} is more than the n_train={n_train} training images")
+        return load_dataset(dataset, "train", n=n_images, root=data_root)
+    try:
+        return load_dataset(dataset, "test", n=n_images, root=data_root)
+    except ValueError as err:
+        held_out = load_dataset(dataset, "train", root=data_root)[n_train : n_train + n_images]
+        if held_out.shape[0] == 0:
+            raise
+        import warnings
+
+        warnings.warn(f"{dataset}: {err}; using the {held_out.shape[0]} held-out train-split images "
+                      f"{n_train}..{n_train + held_out.shape[0] - 1} as test images", stacklevel=2)
+        return held_out
 
 
 def lemmse_outputs(est, train, op, key: dict, x, split, sigma, seed=0, cache=None, images_bar=None):
@@ -473,13 +567,14 @@ def evaluate_agreement(
     roots = tuple(roots)
     groups = {}
     for exp in experiments:
-        groups.setdefault((exp.dataset, exp.task, exp.physics, exp.patch_size), []).append(exp)
+        n = exp.config(s, **overrides).n_train
+        groups.setdefault((exp.dataset, exp.task, exp.physics, exp.patch_size, n), []).append(exp)
 
     rows, images = [], {}
     total = sum(len(splits) * len(sigmas) for _ in groups)
     bar = tqdm(total=total, disable=not progress, desc="agreement", unit="setting", dynamic_ncols=True)
     with bar:
-        for (dataset, task, physics, patch_size), exps in groups.items():
+        for (dataset, task, physics, patch_size, _), exps in groups.items():
             configs = {e: e.config(s, **overrides) for e in exps}
             models = {e: load_checkpoint(find_checkpoint(c, roots))[0] for e, c in configs.items()}
             n_train = next(iter(configs.values())).n_train
@@ -488,13 +583,11 @@ def evaluate_agreement(
             est = LEMMSE(train, op, patch_size=patch_size, preinverse=PHYSICS[physics])
             for split in splits:
                 try:
-                    x = train[:n_images] if split == "train" else load_dataset(dataset, split, n=n_images, root=data_root)
+                    x = eval_images(dataset, split, n_images, n_train, data_root)
                 except ValueError as err:
                     warnings.warn(f"skipping {dataset} {split} split: {err}", stacklevel=2)
                     bar.update(len(sigmas))
                     continue
-                if x.shape[0] < n_images:
-                    raise ValueError(f"n_images={n_images} but {dataset} {split} gives {x.shape[0]} images")
                 for sigma in sigmas:
                     bar.set_postfix_str(f"{dataset} {task} {physics} {split} σ={sigma}")
                     key = {"dataset": dataset, "task": task, "physics": physics, "P": patch_size, "n_train": n_train}
@@ -513,7 +606,7 @@ def evaluate_agreement(
                                 "split": split,
                                 "sigma": float(sigma),
                                 "n_train": n_train,
-                                "n_images": n_images,
+                                "n_images": int(x.shape[0]),
                                 "psnr_net_lemmse": _mean(psnr(x_net, x_le)),
                                 "psnr_net_truth": _mean(psnr(x_net, x)),
                                 "psnr_lemmse_truth": p_le_truth,
@@ -525,17 +618,76 @@ def evaluate_agreement(
     return (rows, images) if return_images else rows
 
 
+def evaluate_patch_size(
+    experiments: Sequence[Experiment],
+    scale="cpu",
+    *,
+    lemmse_patch_sizes: Sequence[int] = (3, 5, 7, 9),
+    sigmas: Sequence[float] = (0.1, 0.2, 0.5),
+    split: str = "test",
+    n_images: int = 8,
+    roots: Iterable = (RESULTS_CHECKPOINTS, "checkpoints"),
+    data_root=None,
+    seed: int = 0,
+    progress: bool = True,
+    cache: Union[str, os.PathLike, None] = None,
+) -> list:
+    """PSNR between each network and the LE-MMSE of every patch size in ``lemmse_patch_sizes``.
+
+    The networks and the LE-MMSEs of one (dataset, task, physics, n_train) share the training
+    images and the measurements (the noise of :func:`noise_seed`). If a network with receptive
+    field ``P`` is best explained by the LE-MMSE with the same ``P``, the diagonal of the
+    (``patch_net``, ``patch_lemmse``) table is the largest PSNR of its row.
+
+    Returns rows with the keys of :data:`PATCH_CSV_COLUMNS`.
+    """
+    from tqdm.auto import tqdm
+
+    from lemmse.estimators import LEMMSE
+
+    s = _scale(scale)
+    roots = tuple(roots)
+    groups = {}
+    for exp in experiments:
+        c = exp.config(s)
+        groups.setdefault((exp.dataset, exp.task, exp.physics, c.n_train), []).append((exp, c))
+    rows = []
+    total = sum(len(lemmse_patch_sizes) * len(sigmas) for _ in groups)
+    with tqdm(total=total, disable=not progress, desc="patch size", unit="LE-MMSE", dynamic_ncols=True) as bar:
+        for (dataset, task, physics, n_train), members in groups.items():
+            models = {exp: load_checkpoint(find_checkpoint(c, roots))[0] for exp, c in members}
+            train = load_dataset(dataset, "train", n=n_train, root=data_root)
+            op = make_operator(task, tuple(train.shape[1:]))
+            x = eval_images(dataset, split, n_images, n_train, data_root)
+            for P in lemmse_patch_sizes:
+                est = LEMMSE(train, op, patch_size=P, preinverse=PHYSICS[physics])
+                key = {"dataset": dataset, "task": task, "physics": physics, "P": P, "n_train": n_train}
+                for sigma in sigmas:
+                    bar.set_postfix_str(f"{dataset} {task} P={P} σ={sigma}")
+                    y, x_le = lemmse_outputs(est, train, op, key, x, split, sigma, seed, cache)
+                    for exp in models:
+                        rows.append({
+                            "dataset": dataset, "task": task, "arch": exp.arch, "physics": physics,
+                            "split": split, "sigma": float(sigma), "n_train": n_train,
+                            "n_images": int(x.shape[0]), "patch_net": exp.patch_size, "patch_lemmse": P,
+                            "psnr_net_lemmse": _mean(psnr(predict(models[exp], y, float(sigma)), x_le)),
+                        })
+                    bar.update(1)
+    return rows
+
+
 # --------------------------------------------------------------------------- CSV
 
-_KEY = ("dataset", "task", "arch", "physics", "split", "sigma", "n_train", "n_images")
+_INT_COLUMNS = ("n_train", "n_images", "patch_net", "patch_lemmse")
 
 
 def _row_key(row: dict) -> tuple:
-    return tuple(float(row[k]) if k == "sigma" else int(row[k]) if k in ("n_train", "n_images") else row[k] for k in _KEY)
+    keys = [k for k in PATCH_CSV_COLUMNS if not k.startswith("psnr_") and k in row]
+    return tuple(float(row[k]) if k == "sigma" else int(row[k]) if k in _INT_COLUMNS else row[k] for k in keys)
 
 
 def merge_rows(old: Sequence[dict], new: Sequence[dict]) -> list:
-    """``old`` rows updated by ``new`` ones (same dataset, task, arch, physics, split, σ, n_train, n_images)."""
+    """``old`` rows updated by ``new`` ones (same values in every non-PSNR column)."""
     merged = {_row_key(r): r for r in old}
     for r in new:
         merged[_row_key(r)] = r
@@ -550,40 +702,61 @@ def _format(key, value) -> str:
     return str(value)
 
 
-def write_agreement_csv(rows: Sequence[dict], path: Union[str, os.PathLike] = "results/agreement.csv") -> Path:
-    """Write ``rows`` to ``path`` with exactly the columns :data:`CSV_COLUMNS` (atomically).
-
-    PSNRs with 3 decimals; rows sorted by dataset, task, physics, arch, split, n_images, σ.
-    """
+def _write_csv(rows: Sequence[dict], path, columns: tuple) -> Path:
     path = Path(path)
-    missing = [k for r in rows for k in CSV_COLUMNS if k not in r]
+    missing = [k for r in rows for k in columns if k not in r]
     if missing:
-        raise ValueError(f"rows must have the keys {', '.join(CSV_COLUMNS)}; missing {sorted(set(missing))}")
-    order = lambda r: (r["dataset"], r["task"], r["physics"], r["arch"], r["split"], int(r["n_images"]), float(r["sigma"]))  # noqa: E731
+        raise ValueError(f"rows must have the keys {', '.join(columns)}; missing {sorted(set(missing))}")
+    order = lambda r: tuple(  # noqa: E731
+        float(r[k]) if k == "sigma" else int(r[k]) if k in _INT_COLUMNS else r[k]
+        for k in ("dataset", "task", "physics", "arch", "split", "n_train", "n_images", "patch_net",
+                  "patch_lemmse", "sigma") if k in columns)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(columns)
     for r in sorted(rows, key=order):
-        writer.writerow([_format(k, r[k]) for k in CSV_COLUMNS])
+        writer.writerow([_format(k, r[k]) for k in columns])
     _atomic_write_text(buf.getvalue(), path)
     return path
 
 
-def read_agreement_csv(path: Union[str, os.PathLike] = "results/agreement.csv") -> list:
-    """Rows of ``path`` as dicts (σ and PSNRs as float, n_train and n_images as int)."""
+def _read_csv(path, columns: tuple) -> list:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
-            raise ValueError(f"{path} must have the columns {','.join(CSV_COLUMNS)}, got {reader.fieldnames}")
+        if tuple(reader.fieldnames or ()) != columns:
+            raise ValueError(f"{path} must have the columns {','.join(columns)}, got {reader.fieldnames}")
         rows = []
         for r in reader:
-            for k in CSV_COLUMNS:
-                if k in ("sigma",) or k.startswith("psnr_"):
+            for k in columns:
+                if k == "sigma" or k.startswith("psnr_"):
                     r[k] = float(r[k])
-                elif k in ("n_train", "n_images"):
+                elif k in _INT_COLUMNS:
                     r[k] = int(r[k])
             rows.append(r)
     return rows
+
+
+def write_agreement_csv(rows: Sequence[dict], path: Union[str, os.PathLike] = "results/agreement.csv") -> Path:
+    """Write ``rows`` to ``path`` with exactly the columns :data:`CSV_COLUMNS` (atomically).
+
+    PSNRs with 3 decimals; rows sorted by dataset, task, physics, arch, split, n_train, n_images, σ.
+    """
+    return _write_csv(rows, path, CSV_COLUMNS)
+
+
+def read_agreement_csv(path: Union[str, os.PathLike] = "results/agreement.csv") -> list:
+    """Rows of ``path`` as dicts (σ and PSNRs as float, n_train and n_images as int)."""
+    return _read_csv(path, CSV_COLUMNS)
+
+
+def write_patch_size_csv(rows: Sequence[dict], path: Union[str, os.PathLike] = "results/patch_size.csv") -> Path:
+    """Write the rows of :func:`evaluate_patch_size` with the columns :data:`PATCH_CSV_COLUMNS` (atomically)."""
+    return _write_csv(rows, path, PATCH_CSV_COLUMNS)
+
+
+def read_patch_size_csv(path: Union[str, os.PathLike] = "results/patch_size.csv") -> list:
+    """Rows of ``path`` (see :data:`PATCH_CSV_COLUMNS`)."""
+    return _read_csv(path, PATCH_CSV_COLUMNS)
 
 
 # --------------------------------------------------------------------------- command line
@@ -602,7 +775,11 @@ def _add_cli(sub):
         q.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="(default: cpu)")
         for name in ("dataset", "task", "arch", "physics"):
             q.add_argument(f"--{name}", nargs="+", default=None, help=f"only these {name} values (default: all)")
-        q.add_argument("--n-train", type=int, default=None, help="override the scale's n_train")
+        q.add_argument("--grid", choices=tuple(GRIDS), default="main",
+                       help="main: the agreement grid; analysis: the dataset-size and patch-size networks (default: main)")
+        q.add_argument("--patch-size", type=int, nargs="+", default=None, help="only these patch sizes (default: all)")
+        q.add_argument("--n-train", type=int, nargs="+", default=None,
+                       help="only experiments with these numbers of training images (default: all)")
         q.add_argument("--data-root", default=None, help="data folder (default: $LEMMSE_DATA or ~/.cache/lemmse/data)")
         q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -630,15 +807,27 @@ def _add_cli(sub):
                    help="folder where LE-MMSE outputs are reused, or 'none' (default: checkpoints/cache)")
     a.set_defaults(func=_run_agreement)
 
+    ps = actions.add_parser("patch-size", help="PSNR(net with patch size P, LE-MMSE with patch size P') -> CSV")
+    filters(ps)
+    ps.set_defaults(grid="all")
+    ps.add_argument("--out", default="results/patch_size.csv",
+                    help="CSV, updated in place (default: results/patch_size.csv)")
+    ps.add_argument("--lemmse-patch-size", type=int, nargs="+", default=[3, 5, 7, 9], help="(default: 3 5 7 9)")
+    ps.add_argument("--n-images", type=int, default=8, help="images (default: 8)")
+    ps.add_argument("--sigma", type=float, nargs="+", default=[0.1, 0.2, 0.5], help="(default: 0.1 0.2 0.5)")
+    ps.add_argument("--split", choices=EVAL_SPLITS, default="test", help="(default: test)")
+    ps.add_argument("--roots", nargs="+", default=[str(RESULTS_CHECKPOINTS), "checkpoints"],
+                    help="checkpoint folders searched in order (default: results/checkpoints checkpoints)")
+    ps.add_argument("--cache", default="checkpoints/cache",
+                    help="folder where LE-MMSE outputs are reused, or 'none' (default: checkpoints/cache)")
+    ps.set_defaults(func=_run_patch_size)
+
 
 def _selection(args) -> dict:
-    sel = {k: getattr(args, k) for k in ("dataset", "task", "arch", "physics")}
-    select(**sel)  # validates
+    sel = {k: getattr(args, k) for k in ("dataset", "task", "arch", "physics", "grid", "patch_size", "n_train")}
+    if not select(**sel, scale=args.scale):
+        raise ValueError("no experiment matches the filters")
     return sel
-
-
-def _overrides(args) -> dict:
-    return {} if args.n_train is None else {"n_train": args.n_train}
 
 
 def _run_train(args) -> int:
@@ -646,7 +835,7 @@ def _run_train(args) -> int:
 
     try:
         models = train_grid(args.scale, **_selection(args), root=args.root, data_root=args.data_root,
-                            device=args.device, progress=not args.no_progress, **_overrides(args))
+                            device=args.device, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -659,7 +848,7 @@ def _run_export(args) -> int:
     import sys
 
     try:
-        path = export_grid(args.scale, **_selection(args), src=args.root, dst=args.out, **_overrides(args))
+        path = export_grid(args.scale, **_selection(args), src=args.root, dst=args.out)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -671,10 +860,10 @@ def _run_agreement(args) -> int:
     import sys
 
     try:
-        exps = select(**_selection(args))
+        exps = select(**_selection(args), scale=args.scale)
         rows = evaluate_agreement(exps, args.scale, sigmas=args.sigma, splits=args.split, n_images=args.n_images,
                                   roots=args.roots, data_root=args.data_root, progress=not args.no_progress,
-                                  cache=None if args.cache == "none" else args.cache, **_overrides(args))
+                                  cache=None if args.cache == "none" else args.cache)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -684,5 +873,27 @@ def _run_agreement(args) -> int:
     for r in rows:
         print(f"{r['dataset']} {r['task']} {r['physics']} {r['arch']:8s} {r['split']:5s} σ={r['sigma']:<4g} "
               f"net-LE {r['psnr_net_lemmse']:6.2f}  net-x {r['psnr_net_truth']:6.2f}  LE-x {r['psnr_lemmse_truth']:6.2f}")
+    print(f"wrote {out} ({len(rows)} rows updated)")
+    return 0
+
+
+def _run_patch_size(args) -> int:
+    import sys
+
+    try:
+        exps = select(**_selection(args), scale=args.scale)
+        rows = evaluate_patch_size(exps, args.scale, lemmse_patch_sizes=args.lemmse_patch_size, sigmas=args.sigma,
+                                   split=args.split, n_images=args.n_images, roots=args.roots,
+                                   data_root=args.data_root, progress=not args.no_progress,
+                                   cache=None if args.cache == "none" else args.cache)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    old = read_patch_size_csv(out) if out.exists() else []
+    write_patch_size_csv(merge_rows(old, rows), out)
+    for r in rows:
+        print(f"{r['arch']:8s} P_net={r['patch_net']} P_LE={r['patch_lemmse']} σ={r['sigma']:<4g} "
+              f"net-LE {r['psnr_net_lemmse']:6.2f}")
     print(f"wrote {out} ({len(rows)} rows updated)")
     return 0

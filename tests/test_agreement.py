@@ -7,7 +7,10 @@ architectures" and "Networks vs LE-MMSE").
   (:func:`lemmse.experiments.evaluate_agreement`, same images and noise seeds) and must agree to
   0.05 dB: the n_images = 2 rows at σ = 0.2 on test images (one LE-MMSE over the 10 000
   training images for 2 images, shared by the three networks);
-- the CSV's format, and the CSV writer/reader and row merging on a temporary file.
+- the CSV's format, and the CSV writer/reader and row merging on a temporary file;
+- the grid selection (named grids, patch-size and n_train filters; every experiment's printed
+  command selects exactly that experiment) and the held-out "test" images of a data folder
+  without a test split (FFHQ-32 here).
 """
 
 from __future__ import annotations
@@ -20,12 +23,19 @@ import torch
 
 from conftest import REPO_ROOT
 from lemmse.experiments import (
+    ANALYSIS,
     CSV_COLUMNS,
+    GRID,
+    PATCH_CSV_COLUMNS,
     Experiment,
+    eval_images,
     evaluate_agreement,
     merge_rows,
     read_agreement_csv,
+    read_patch_size_csv,
+    select,
     write_agreement_csv,
+    write_patch_size_csv,
 )
 from lemmse.nets import receptive_field
 from lemmse.train import load_checkpoint
@@ -131,3 +141,56 @@ def test_noise_does_not_depend_on_n_images():
     y2 = _measure(Denoising(), x[:2], "test", 0.2, 0)
     assert torch.equal(y4[:2], y2)
     assert not torch.equal(_measure(Denoising(), x[:2], "train", 0.2, 0), y2)
+
+
+def test_patch_size_csv_roundtrip(tmp_path):
+    path = tmp_path / "p.csv"
+    base = {k: v for k, v in _row().items() if k in PATCH_CSV_COLUMNS}
+    rows = [dict(base, patch_net=5, patch_lemmse=P, psnr_net_lemmse=20.0 + P) for P in (9, 3)]
+    write_patch_size_csv(rows, path)
+    back = read_patch_size_csv(path)
+    assert [r["patch_lemmse"] for r in back] == [3, 9] and back[0]["psnr_net_lemmse"] == 23.0
+    merged = merge_rows(back, [dict(base, patch_net=5, patch_lemmse=3, psnr_net_lemmse=1.0)])
+    assert sorted(r["psnr_net_lemmse"] for r in merged) == [1.0, 29.0]
+    with pytest.raises(ValueError, match="columns"):
+        read_agreement_csv(path)
+
+
+def test_grid_selection_and_commands():
+    import shlex
+
+    from lemmse.__main__ import build_parser
+
+    assert len(GRID) == 25 and len(set(GRID)) == 25 and not set(GRID) & set(ANALYSIS)
+    assert {e.patch_size for e in select(grid="analysis")} == {3, 5, 7, 9}
+    assert select(grid="all", patch_size=5, n_train=[100, 1000], scale="cpu") == [e for e in ANALYSIS if e.n_train]
+    # the main grid's networks use the scale's n_train
+    assert len(select(grid="main", dataset="fashion-mnist", task="denoising", n_train=10_000)) == 3
+    with pytest.raises(ValueError, match="grid"):
+        select(grid="nope")
+    parser = build_parser()
+    for exp in GRID + ANALYSIS:
+        args = parser.parse_args(shlex.split(exp.command())[3:])
+        sel = {k: getattr(args, k) for k in ("dataset", "task", "arch", "physics", "grid", "patch_size", "n_train")}
+        assert select(**sel, scale=args.scale) == [exp], exp.command()
+
+
+def test_held_out_test_images_without_a_test_split(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "ffhq-32"
+    folder.mkdir()
+    imgs = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    for i, img in enumerate(imgs):
+        Image.fromarray(img, mode="RGB").save(folder / f"{i:05d}.png")
+    with pytest.warns(UserWarning, match="held-out"):
+        x = eval_images("ffhq32", "test", n_images=8, n_train=3, data_root=tmp_path)
+    assert x.shape == (2, 3, 32, 32)
+    want = torch.from_numpy(imgs[3:5]).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(x, want)
+    assert eval_images("ffhq32", "train", n_images=2, n_train=3, data_root=tmp_path).shape[0] == 2
+    with pytest.raises(ValueError, match="n_images=4"):
+        eval_images("ffhq32", "train", n_images=4, n_train=3, data_root=tmp_path)
+    with pytest.raises(ValueError, match="test"):  # nothing held out
+        eval_images("ffhq32", "test", n_images=2, n_train=5, data_root=tmp_path)
