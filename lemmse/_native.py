@@ -1,10 +1,12 @@
-"""Build and load the optional native (C, AVX-512) attention kernel.
+"""Build and load the optional native (C, AVX-512) kernels.
 
-The kernel source ships with the package (``lemmse/_kernels/attend_avx512.c``).  It is compiled
-on first use with the system C compiler into a per-user cache directory and loaded with
-:mod:`ctypes`; no build step is needed at install time.  When the CPU lacks AVX-512, no C
-compiler is found, or ``LEMMSE_NATIVE=0`` is set, :func:`load_kernel` returns ``None`` and the
-engine uses its pure-torch path (same results, slower on the CPU).
+The kernel sources ship with the package (``lemmse/_kernels/``): ``attend_avx512.c``, the fused
+patch attention of :mod:`lemmse.engine`, and ``slide_avx512.c``, the sliding-window LE-MMSE of
+:mod:`lemmse.estimators`.  Each is compiled on first use with the system C compiler into a
+per-user cache directory and loaded with :mod:`ctypes`; no build step is needed at install time.
+When the CPU lacks AVX-512, no C compiler is found, or ``LEMMSE_NATIVE=0`` is set,
+:func:`load_kernel` and :func:`load_slide_kernel` return ``None`` and the callers use their
+pure-torch paths (same results, slower on the CPU).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import threading
 from pathlib import Path
 
 _KERNELS = Path(__file__).with_name("_kernels")
-_SRC = _KERNELS / "attend_avx512.c"
 _HEADERS = (_KERNELS / "avx512_common.h",)  # part of every kernel's cache key
 _FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512dq", "-mfma", "-pthread", "-shared",
           "-fPIC", "-std=c11"]
@@ -45,7 +46,7 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _build(dst: Path, src: Path = _SRC) -> None:
+def _build(dst: Path, src: Path) -> None:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler found")
@@ -61,31 +62,50 @@ def _build(dst: Path, src: Path = _SRC) -> None:
             os.unlink(tmp)
 
 
-def load_kernel():
-    """Return the ctypes function ``lemmse_attend_f32``, or ``None`` if unavailable."""
+def _load(name: str, symbol: str, argtypes: list, restype=ctypes.c_int):
+    """Compile (once, cached by a hash of the source, the shared headers, the flags and the CPU)
+    and load ``lemmse/_kernels/<name>.c``; return its ctypes function ``symbol`` or ``None``."""
     if os.environ.get("LEMMSE_NATIVE", "1") == "0":
         return None
     if platform.machine() not in ("x86_64", "AMD64") or "avx512f" not in _cpu_flags():
         return None
     with _lock:
-        if "fn" in _cache:
-            return _cache["fn"]
-        src = _SRC.read_bytes() + b"".join(h.read_bytes() for h in _HEADERS)
+        if name in _cache:
+            return _cache[name]
+        src_path = _KERNELS / f"{name}.c"
+        src = src_path.read_bytes() + b"".join(h.read_bytes() for h in _HEADERS)
         key = hashlib.sha256(src + " ".join(_FLAGS).encode()
                              + " ".join(sorted(_cpu_flags())).encode()).hexdigest()[:16]
-        so = cache_dir() / f"attend_avx512_{key}.so"
+        so = cache_dir() / f"{name}_{key}.so"
         fn = None
         try:
             if not so.exists():
-                _build(so)
-            lib = ctypes.CDLL(str(so))
-            fn = lib.lemmse_attend_f32
-            p = ctypes.c_void_p
-            i64 = ctypes.c_int64
-            fn.argtypes = [p, p, i64, i64, p, p, p, i64, i64, p, p, p, p, p, i64, p, p,
-                           ctypes.c_int, ctypes.c_int]
-            fn.restype = ctypes.c_int
-        except (OSError, RuntimeError, subprocess.CalledProcessError):
+                _build(so, src_path)
+            fn = getattr(ctypes.CDLL(str(so)), symbol)
+            fn.argtypes = argtypes
+            fn.restype = restype
+        except (OSError, RuntimeError, AttributeError, subprocess.CalledProcessError):
             fn = None
-        _cache["fn"] = fn
+        _cache[name] = fn
         return fn
+
+
+_p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+def load_kernel():
+    """Return the ctypes function ``lemmse_attend_f32`` (fused patch attention), or ``None``."""
+    return _load("attend_avx512", "lemmse_attend_f32",
+                 [_p, _p, _i64, _i64, _p, _p, _p, _i64, _i64, _p, _p, _p, _p, _p, _i64, _p, _p,
+                  _int, _int])
+
+
+def load_slide_kernel():
+    """Return the ctypes function ``lemmse_slide_f32`` (sliding-window LE-MMSE), or ``None``.
+
+    Arguments: ``V, qs, B, C, H, W, P, U, X, N, shifts, T, gid, m, acc, band_rows, nthreads``
+    (see the header of ``lemmse/_kernels/slide_avx512.c``).
+    """
+    return _load("slide_avx512", "lemmse_slide_f32",
+                 [_p, _p, _i64, _i64, _i64, _i64, _i64, _p, _p, _i64, _p, _i64, _p, _p, _p,
+                  _i64, _int])

@@ -16,6 +16,24 @@ regularised inverse filter and distances are Mahalanobis for the patch noise cov
 ``σ² S``, ``S = Π B Bᵀ Πᵀ`` (computed by whitening queries and keys with ``L⁻¹``, ``S = L Lᵀ``,
 in float64); for inpainting, ``B`` is the mask and a query position only sees key positions with
 the same observed-pixel pattern, with distances over the observed pixels.
+
+How ``LEMMSE`` and ``LocalMMSE`` are computed (the ``backend`` argument):
+
+- **sliding window** (native, ``lemmse/_kernels/slide_avx512.c``): for every training image and
+  every circular shift ``t`` (all ``H·W`` shifts for the LE-MMSE, only ``t = 0`` for the local
+  MMSE) the distances of all query pixels ``i`` to the keys at ``i + t`` are one ``P × P`` box sum
+  of the per-pixel squared differences ``Σ_c (v[c, p] - v_n[c, p + t])²``, so a (query, key)
+  pair costs about ``2C + 2P`` additions instead of the ``2·C·P²`` of a patch dot product, from
+  explicit differences (no cancellation at small σ).  Used for every call (not
+  :meth:`~LEMMSE.posterior`) with ``backend`` ``"auto"`` or ``"native"`` when the estimator
+  computes in float32 on the CPU, has at most 4 channels, is not the physics-aware blur
+  (whitened distances), and the kernel is available (AVX-512 CPU, a C compiler,
+  ``LEMMSE_NATIVE`` not ``0``).  The physics-aware inpainting restricts the shifts per pixel to
+  the positions with the same observed-pixel pattern.
+- otherwise, **patch attention** (:mod:`lemmse.engine`): every patch is extracted and the
+  streaming softmax attention runs on the ``D = C·P²``-dimensional patches (its fused native
+  kernel or torch).  ``backend="torch"`` always takes this path with the torch back-end;
+  :meth:`~LEMMSE.posterior` always takes it.
 """
 
 from __future__ import annotations
@@ -28,7 +46,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lemmse.engine import DEFAULT_MEMORY_BUDGET, KeyChunk, StreamingAttention, no_tf32
+from lemmse._native import load_slide_kernel
+from lemmse.engine import DEFAULT_MEMORY_BUDGET, LOG2E, KeyChunk, StreamingAttention, no_tf32
 from lemmse.operators import Denoising, Operator, preinverse as make_preinverse
 
 _CHUNK_BYTES = 64 << 20
@@ -246,7 +265,14 @@ class _Estimator:
 
 # ---------------------------------------------------------------------------- patch family
 class _PatchAttention(_Estimator):
-    """Estimators of the form x̂[i] = Σ_{admissible (n, j)} softmax(-d(Π_i v, Π_j v_n)) x_n[j]."""
+    """Estimators of the form x̂[i] = Σ_{admissible (n, j)} softmax(-d(Π_i v, Π_j v_n)) x_n[j].
+
+    A call takes the sliding-window kernel when it applies (see the module docstring), else the
+    patch attention of :mod:`lemmse.engine`; ``_last_path`` records which (``"slide"`` or
+    ``"attention"``).
+    """
+
+    _slide_band_rows = 0  # rows per work item of the sliding kernel (0: the kernel chooses)
 
     def __init__(self, train, operator=None, patch_size=5, preinverse="identity", **kw):
         super().__init__(train, operator, preinverse, **kw)
@@ -381,7 +407,53 @@ class _PatchAttention(_Estimator):
         return KeyChunk(None, None, packed=packed)
 
     def _estimate(self, y, s):
+        plan = self._slide_plan()
+        if plan is not None:
+            self._last_path = "slide"
+            return self._slide(y, s, *plan)
+        self._last_path = "attention"
         return self._run(y, s)
+
+    # --- sliding-window path -----------------------------------------------------------
+    def _slide_shifts(self):
+        """``(shifts [T, 2] int32, gid [H*W] int32 or None)`` for the sliding kernel."""
+        raise NotImplementedError
+
+    def _slide_plan(self):
+        """``(kernel, shifts, gid)`` when the sliding-window kernel applies, else ``None``."""
+        if (self.backend == "torch" or self._whiten is not None or self.dtype != torch.float32
+                or self.device.type != "cpu" or self.C > 4):
+            return None
+        fn = load_slide_kernel()
+        if fn is None:
+            return None
+        return (fn, *self._slide_shifts())
+
+    def _slide(self, y, s, fn, shifts, gid):
+        """x̂ by the sliding-window kernel, streaming the training set in chunks."""
+        Bn, C, H, W = y.shape
+        SW = 16 * ((W + 15) // 16)
+        with _single_thread():
+            v = self._query_images(y).to(torch.float32).contiguous()
+        qs = (-0.5 * LOG2E / s.double() ** 2).to(torch.float32).contiguous()
+        m = torch.full((Bn, H, SW), -math.inf, dtype=torch.float32)
+        acc = torch.zeros(Bn, H, C + 1, SW, dtype=torch.float64)
+        step = self._images_per_chunk(3 * C * H * W * 4)  # keys, values, a temporary
+        nthreads = torch.get_num_threads()
+        g = 0 if gid is None else gid.data_ptr()
+        for n0 in range(0, self.N, step):
+            x = self.train[n0:n0 + step]
+            with _single_thread():
+                u = self._keys_images(x).to(torch.float32).contiguous()
+            x = x.contiguous()
+            rc = fn(v.data_ptr(), qs.data_ptr(), Bn, C, H, W, self.patch_size, u.data_ptr(),
+                    x.data_ptr(), x.shape[0], shifts.data_ptr(), shifts.shape[0], g,
+                    m.data_ptr(), acc.data_ptr(), int(self._slide_band_rows), nthreads)
+            if rc != 0:
+                raise RuntimeError(f"sliding-window kernel failed with code {rc} (B={Bn}, C={C}, "
+                                   f"H={H}, W={W}, P={self.patch_size}); use backend='torch'")
+        out = acc[:, :, 1:, :W] / acc[:, :, :1, :W]  # [B, H, C, W]
+        return out.permute(0, 2, 1, 3).to(self.dtype).contiguous()
 
     def posterior(self, y, sigma, topk=8):
         """Estimate plus the diagnostics of the weights (see :class:`Posterior`).
@@ -393,7 +465,7 @@ class _PatchAttention(_Estimator):
         y, s = self._prepare(y, sigma)
         with torch.no_grad(), no_tf32():
             _, lse, att, unsort = self._run(y, s, track=True, topk=int(topk))
-            x_hat = self._run(y, s)  # the estimate exactly as a call computes it
+            x_hat = self._estimate(y, s)  # the estimate exactly as a call computes it
             Bn, H, W = y.shape[0], self.H, self.W
             HW = H * W
             d = att.diagnostics()
@@ -441,7 +513,10 @@ class LEMMSE(_PatchAttention):
         Bound in bytes on the working memory (default 1 GiB); the training set is streamed in
         chunks that fit.
     backend : {"auto", "native", "torch"}
-        See :mod:`lemmse.engine`.
+        ``"auto"`` and ``"native"``: the native kernels (the sliding-window kernel where it
+        applies, see :mod:`lemmse.estimators`, else the patch attention of
+        :mod:`lemmse.engine`, whose ``"auto"`` may pick torch); ``"torch"``: the patch attention
+        with the torch back-end.
 
     Examples
     --------
@@ -458,6 +533,14 @@ class LEMMSE(_PatchAttention):
             return None
         return gid.to(torch.int64).cpu()
 
+    def _slide_shifts(self):
+        if not hasattr(self, "_shifts_cache"):
+            a, b = torch.meshgrid(torch.arange(self.H), torch.arange(self.W), indexing="ij")
+            shifts = torch.stack([a.flatten(), b.flatten()], 1).to(torch.int32).contiguous()
+            gid = None if self._gid is None else self._gid.to(torch.int32).contiguous()
+            self._shifts_cache = (shifts, gid)
+        return self._shifts_cache
+
 
 class LocalMMSE(_PatchAttention):
     """Local (not equivariant) MMSE (chapter 4): x̂[i] = Σ_n softmax_n(-‖Π_i v - Π_i v_n‖²/2σ²) x_n[i].
@@ -469,6 +552,9 @@ class LocalMMSE(_PatchAttention):
 
     def _position_groups(self):
         return torch.arange(self.H * self.W, dtype=torch.int64)
+
+    def _slide_shifts(self):  # keys only at the query's own position: the shift t = 0
+        return torch.zeros(1, 2, dtype=torch.int32), None
 
 
 # ---------------------------------------------------------------------------- global ones

@@ -1,0 +1,339 @@
+/*
+ * Sliding-window (shift) formulation of the physics-agnostic LE-MMSE on x86-64 with AVX-512.
+ *
+ * For a query image v (C, H, W), a training key image u (C, H, W) with clean values x, and a
+ * circular shift t = (a, b), query pixel i is paired with the key centred at j = i + t:
+ *     d_t(p)         = sum_c (v[c, p] - u[c, p + t])^2                 for every pixel p,
+ *     Dist(i, i + t) = sum_{delta in [-r, r]^2} d_t(i + delta)         (P x P box, r = P / 2),
+ *     logit          = s_q * Dist,   s_q = -log2(e) / (2 sigma_q^2)     (base-2 units),
+ *     value          = x[:, i + t]   (the clean centre pixel of the key patch).
+ * The box sum is separable (horizontal then vertical) and uses direct sums of P terms, never
+ * running add/subtract sums, so a pair costs about 2C + 2P additions instead of the 2 C P^2 of
+ * a patch dot product, and no GEMM expansion (no cancellation at small sigma).
+ * The LE-MMSE takes every one of the H W shifts; the local MMSE only t = (0, 0).  With a
+ * position group table gid (physics-aware inpainting) the pair (i, i + t) is admissible iff
+ * gid[i] == gid[i + t]; other pairs get weight 0 (t = 0 is always admissible).
+ *
+ * Vectorisation: 16 fp32 lanes along an image row (a row of W pixels takes Wv = ceil(W/16)
+ * vectors; the lanes past W compute on real, finite pixels and are never read back).  Every
+ * lane is one query pixel and its arithmetic does not depend on its neighbours, so the result
+ * does not depend on how rows are grouped into work items or on the number of threads.
+ *
+ * Layout (arguments):
+ *   V      [B][C][H][W]   query images          qs [B]  s_q of each query image
+ *   U, X   [N][C][H][W]   key images and clean values of a chunk of training images
+ *   shifts [T][2]         (a, b), 0 <= a < H, 0 <= b < W, processed in this order
+ *   gid    [H][W]         int32 position groups, or NULL (all pairs admissible)
+ * State (read and updated in place, so the caller streams chunks of training images):
+ *   m   [B][H][SW]        running maximum of the logits (base 2), -inf initially
+ *   acc [B][H][C+1][SW]   float64 sums: denominator sum 2^(l-m), then the C numerators
+ *   SW = 16 ceil(W / 16)  (lanes >= W are padding)
+ * Online softmax per lane: the running maximum is raised (and the sums rescaled) only when a
+ * logit exceeds it by SLACK, one exp2 per pair.  The per-pair sums are made in fp32 and folded
+ * into the float64 state every ~MERGE_TERMS terms (an fp32 sum of 10^7 terms would stall).
+ *
+ * Work items are (query image, band of rows), taken from a shared counter by plain POSIX
+ * threads; each item runs over the whole chunk in (n, t) order.  Per item and training image
+ * the key and value images are copied into circularly tiled buffers (all sizes L1/L2), so no
+ * index needs a modulo in the inner loops.  Workers run with flush-to-zero and
+ * denormals-are-zero (far keys give weights below 2^-126; denormal arithmetic is ~100x slower).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "avx512_common.h"
+
+#define SLACK 16.0f
+#define MERGE_TERMS 1024
+
+typedef struct {
+    const float *V, *qs, *U, *X;
+    const int32_t *shifts, *gid;
+    float *m;
+    double *acc;
+    int64_t B, C, H, W, P, r, N, T, R, nbands, nitems, merge_every;
+    int64_t SW, Wv, SD, Wd, RU, SU, RX, SX, amax, bmax;
+    atomic_llong next;
+    atomic_int err;
+} job_t;
+
+typedef struct {
+    float *Vp, *Ut, *Xt, *drow, *hbuf, *l1;
+    int32_t *Gq, *Gt;
+} bufs_t;
+
+static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+static int64_t pmod(int64_t a, int64_t n) { a %= n; return a < 0 ? a + n : a; }
+
+/* dst[u][w] = src[(u - off) mod H][(w - off) mod W] for u < rows, w < stride (circular tile) */
+static void tile_f32(float *dst, int64_t rows, int64_t stride, const float *src, int64_t H,
+                     int64_t W, int64_t off) {
+    for (int64_t u = 0; u < rows; u++) {
+        const float *s = src + pmod(u - off, H) * W;
+        float *d = dst + u * stride;
+        int64_t c0 = pmod(-off, W), w = 0;
+        while (w < stride) {
+            int64_t n = W - c0 < stride - w ? W - c0 : stride - w;
+            memcpy(d + w, s + c0, (size_t)n * sizeof(float));
+            w += n;
+            c0 = 0;
+        }
+    }
+}
+
+static void tile_i32(int32_t *dst, int64_t rows, int64_t stride, const int32_t *src, int64_t H,
+                     int64_t W) {
+    for (int64_t u = 0; u < rows; u++)
+        for (int64_t w = 0; w < stride; w++) dst[u * stride + w] = src[(u % H) * W + w % W];
+}
+
+/* One training image, all shifts, rows [y0, y0 + Rb) of one query image. */
+static inline __attribute__((always_inline)) void
+shifts_body(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, float *mrow,
+            double *l2, const int C, const int G) {
+    const int64_t P = J->P, r = J->r, SW = J->SW, Wv = J->Wv, SD = J->SD, Wd = J->Wd;
+    const int64_t SU = J->SU, SX = J->SX;
+    const int64_t VPS = (J->H + 2 * r) * SD, UTS = J->RU * SU, XTS = J->RX * SX;
+    const int64_t LS = (C + 1) * SW;
+    const float *Vp = bf->Vp, *Ut = bf->Ut, *Xt = bf->Xt;
+    float *drow = bf->drow, *hbuf = bf->hbuf, *l1 = bf->l1;
+    const __m512 slack = _mm512_set1_ps(SLACK), floor2 = _mm512_set1_ps(-256.0f);
+    for (int64_t ti = 0; ti < J->T; ti++) {
+        const int64_t a = J->shifts[2 * ti], bb = J->shifts[2 * ti + 1];
+        /* squared differences of one padded row pair, then the horizontal box sum */
+        for (int64_t yy = 0; yy < Rb + 2 * r; yy++) {
+            const float *vr = Vp + (y0 + yy) * SD;
+            const float *ur = Ut + (y0 + yy + a) * SU + bb;
+            for (int64_t xv = 0; xv < Wd; xv++) {
+                __m512 d = _mm512_setzero_ps();
+                for (int c = 0; c < C; c++) {
+                    __m512 df = _mm512_sub_ps(_mm512_load_ps(vr + c * VPS + xv * 16),
+                                              _mm512_loadu_ps(ur + c * UTS + xv * 16));
+                    d = _mm512_fmadd_ps(df, df, d);
+                }
+                _mm512_store_ps(drow + xv * 16, d);
+            }
+            float *hr = hbuf + yy * SW;
+            for (int64_t xv = 0; xv < Wv; xv++) {
+                __m512 h = _mm512_load_ps(drow + xv * 16);
+                for (int64_t k = 1; k < P; k++)
+                    h = _mm512_add_ps(h, _mm512_loadu_ps(drow + xv * 16 + k));
+                _mm512_store_ps(hr + xv * 16, h);
+            }
+        }
+        /* vertical box sum and the online softmax update of every query pixel */
+        for (int64_t y = 0; y < Rb; y++) {
+            const float *xr = Xt + (y0 + y + a) * SX + bb;
+            for (int64_t xv = 0; xv < Wv; xv++) {
+                __m512 dist = _mm512_load_ps(hbuf + y * SW + xv * 16);
+                for (int64_t k = 1; k < P; k++)
+                    dist = _mm512_add_ps(dist, _mm512_load_ps(hbuf + (y + k) * SW + xv * 16));
+                const __m512 l = _mm512_mul_ps(dist, s);
+                float *mp = mrow + y * SW + xv * 16;
+                float *lp = l1 + y * LS + xv * 16;
+                __m512 mv = _mm512_load_ps(mp);
+                __mmask16 adm = 0xFFFF;
+                if (G) {
+                    __m512i gq = _mm512_load_si512(bf->Gq + (y0 + y) * SW + xv * 16);
+                    __m512i gk = _mm512_loadu_si512(bf->Gt + (y0 + y + a) * SX + bb + xv * 16);
+                    adm = _mm512_cmpeq_epi32_mask(gq, gk);
+                }
+                __mmask16 big = _mm512_mask_cmp_ps_mask(adm, l, _mm512_add_ps(mv, slack),
+                                                        _CMP_GT_OQ);
+                if (big) {  /* raise the running maximum of these lanes, rescale their sums */
+                    __m512 nm = _mm512_mask_mov_ps(mv, big, l);
+                    __m512 sc = exp2_ps(_mm512_max_ps(_mm512_sub_ps(mv, nm), floor2));
+                    __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sc));
+                    __m512d shi = _mm512_cvtps_pd(
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sc), 1)));
+                    double *gp = l2 + y * LS + xv * 16;
+                    for (int c = 0; c <= C; c++) {
+                        __m512 v1 = _mm512_load_ps(lp + c * SW);
+                        _mm512_store_ps(lp + c * SW, _mm512_mask_mul_ps(v1, big, v1, sc));
+                        __m512d g0 = _mm512_load_pd(gp + c * SW);
+                        __m512d g1 = _mm512_load_pd(gp + c * SW + 8);
+                        _mm512_store_pd(gp + c * SW, _mm512_mask_mul_pd(g0, (__mmask8)big, g0, slo));
+                        _mm512_store_pd(gp + c * SW + 8,
+                                        _mm512_mask_mul_pd(g1, (__mmask8)(big >> 8), g1, shi));
+                    }
+                    _mm512_store_ps(mp, nm);
+                    mv = nm;
+                }
+                __m512 e = exp2_ps(_mm512_sub_ps(l, mv));
+                if (G) e = _mm512_maskz_mov_ps(adm, e);
+                _mm512_store_ps(lp, _mm512_add_ps(_mm512_load_ps(lp), e));
+                for (int c = 0; c < C; c++)
+                    _mm512_store_ps(lp + (c + 1) * SW,
+                                    _mm512_fmadd_ps(e, _mm512_loadu_ps(xr + c * XTS + xv * 16),
+                                                    _mm512_load_ps(lp + (c + 1) * SW)));
+            }
+        }
+    }
+}
+
+typedef void (*shifts_fn)(const job_t *, const bufs_t *, int64_t, int64_t, __m512, float *,
+                          double *);
+#define DEFINE_SHIFTS(C, G)                                                                    \
+    static void shifts_##C##_##G(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb,    \
+                                 __m512 s, float *mrow, double *l2) {                          \
+        shifts_body(J, bf, y0, Rb, s, mrow, l2, C, G);                                          \
+    }
+DEFINE_SHIFTS(1, 0)
+DEFINE_SHIFTS(2, 0)
+DEFINE_SHIFTS(3, 0)
+DEFINE_SHIFTS(4, 0)
+DEFINE_SHIFTS(1, 1)
+DEFINE_SHIFTS(2, 1)
+DEFINE_SHIFTS(3, 1)
+DEFINE_SHIFTS(4, 1)
+static const shifts_fn SHIFTS[2][4] = {{shifts_1_0, shifts_2_0, shifts_3_0, shifts_4_0},
+                                       {shifts_1_1, shifts_2_1, shifts_3_1, shifts_4_1}};
+
+/* fold the fp32 partial sums of rows [0, Rb) into the float64 state and clear them */
+static void merge(const job_t *J, float *l1, double *l2, int64_t Rb) {
+    const int64_t n = Rb * (J->C + 1) * J->SW;
+    for (int64_t i = 0; i < n; i += 8) {
+        __m512d g = _mm512_load_pd(l2 + i);
+        _mm512_store_pd(l2 + i, _mm512_add_pd(g, _mm512_cvtps_pd(_mm256_load_ps(l1 + i))));
+    }
+    memset(l1, 0, (size_t)n * sizeof(float));
+}
+
+static void run_item(const job_t *J, const bufs_t *bf, int64_t item) {
+    const int64_t C = J->C, H = J->H, W = J->W, r = J->r, SW = J->SW;
+    const int64_t b = item / J->nbands, y0 = (item % J->nbands) * J->R;
+    const int64_t Rb = J->R < H - y0 ? J->R : H - y0;
+    const shifts_fn f = SHIFTS[J->gid != NULL][C - 1];
+    for (int64_t c = 0; c < C; c++)
+        tile_f32(bf->Vp + c * (H + 2 * r) * J->SD, H + 2 * r, J->SD,
+                 J->V + (b * C + c) * H * W, H, W, r);
+    const __m512 s = _mm512_set1_ps(J->qs[b]);
+    float *mrow = J->m + (b * H + y0) * SW;
+    double *l2 = J->acc + (b * H + y0) * (C + 1) * SW;
+    memset(bf->l1, 0, (size_t)(Rb * (C + 1) * SW) * sizeof(float));
+    for (int64_t n = 0; n < J->N; n++) {
+        for (int64_t c = 0; c < C; c++) {
+            tile_f32(bf->Ut + c * J->RU * J->SU, J->RU, J->SU, J->U + (n * C + c) * H * W, H,
+                     W, r);
+            tile_f32(bf->Xt + c * J->RX * J->SX, J->RX, J->SX, J->X + (n * C + c) * H * W, H,
+                     W, 0);
+        }
+        f(J, bf, y0, Rb, s, mrow, l2);
+        if ((n + 1) % J->merge_every == 0 || n == J->N - 1) merge(J, bf->l1, l2, Rb);
+    }
+}
+
+static void *fallible_alloc(size_t n) {
+    n = (n + 63) / 64 * 64;
+    void *p = aligned_alloc(64, n ? n : 64);
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+static void *worker(void *arg) {
+    job_t *J = (job_t *)arg;
+    const unsigned int csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);  /* flush-to-zero, denormals-are-zero */
+    const int64_t C = J->C, H = J->H, r = J->r;
+    bufs_t bf;
+    bf.Vp = fallible_alloc(sizeof(float) * (size_t)(C * (H + 2 * r) * J->SD));
+    bf.Ut = fallible_alloc(sizeof(float) * (size_t)(C * J->RU * J->SU));
+    bf.Xt = fallible_alloc(sizeof(float) * (size_t)(C * J->RX * J->SX));
+    bf.drow = fallible_alloc(sizeof(float) * (size_t)(J->SD + 16));
+    bf.hbuf = fallible_alloc(sizeof(float) * (size_t)((J->R + 2 * r) * J->SW));
+    bf.l1 = fallible_alloc(sizeof(float) * (size_t)(J->R * (C + 1) * J->SW));
+    bf.Gq = bf.Gt = NULL;
+    int ok = bf.Vp && bf.Ut && bf.Xt && bf.drow && bf.hbuf && bf.l1;
+    if (ok && J->gid) {
+        bf.Gq = fallible_alloc(sizeof(int32_t) * (size_t)(H * J->SW));
+        bf.Gt = fallible_alloc(sizeof(int32_t) * (size_t)(J->RX * J->SX));
+        ok = bf.Gq && bf.Gt;
+        if (ok) {
+            tile_i32(bf.Gq, H, J->SW, J->gid, H, J->W);
+            tile_i32(bf.Gt, J->RX, J->SX, J->gid, H, J->W);
+        }
+    }
+    if (!ok) {
+        atomic_store(&J->err, 4);
+    } else {
+        for (;;) {
+            int64_t it = atomic_fetch_add(&J->next, 1);
+            if (it >= J->nitems || atomic_load(&J->err)) break;
+            run_item(J, &bf, it);
+        }
+    }
+    free(bf.Vp); free(bf.Ut); free(bf.Xt); free(bf.drow); free(bf.hbuf); free(bf.l1);
+    free(bf.Gq); free(bf.Gt);
+    _mm_setcsr(csr);
+    return NULL;
+}
+
+/* Number of rows per work item: whole images when there are enough of them for the threads,
+   else bands (each band recomputes 2r halo rows of the horizontal pass). */
+static int64_t auto_band_rows(int64_t B, int64_t H, int64_t r, int nthreads) {
+    if (nthreads <= 1 || B >= 2 * nthreads) return H;
+    int64_t want = (4 * nthreads + B - 1) / B;  /* bands per image */
+    int64_t R = (H + want - 1) / want;
+    int64_t Rmin = 2 * r > 4 ? 2 * r : 4;
+    if (R < Rmin) R = Rmin;
+    return R < H ? R : H;
+}
+
+/* Returns 0 on success, 1 bad sizes, 2 bad patch size, 3 bad shift, 4 out of memory. */
+int lemmse_slide_f32(const float *V, const float *qs, int64_t B, int64_t C, int64_t H,
+                     int64_t W, int64_t P, const float *U, const float *X, int64_t N,
+                     const int32_t *shifts, int64_t T, const int32_t *gid, float *m,
+                     double *acc, int64_t band_rows, int nthreads) {
+    if (B < 1 || N < 0 || C < 1 || C > 4 || H < 1 || W < 1 || T < 1) return 1;
+    if (P < 1 || P % 2 == 0 || P > H || P > W) return 2;
+    int64_t amax = 0, bmax = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t a = shifts[2 * t], b = shifts[2 * t + 1];
+        if (a < 0 || a >= H || b < 0 || b >= W) return 3;
+        if (a > amax) amax = a;
+        if (b > bmax) bmax = b;
+    }
+    if (N == 0) return 0;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 64) nthreads = 64;
+    job_t *job = (job_t *)malloc(sizeof(job_t));
+    if (!job) return 4;
+    job->V = V; job->qs = qs; job->U = U; job->X = X; job->shifts = shifts; job->gid = gid;
+    job->m = m; job->acc = acc;
+    job->B = B; job->C = C; job->H = H; job->W = W; job->P = P; job->r = P / 2; job->N = N;
+    job->T = T;
+    job->R = band_rows > 0 ? (band_rows < H ? band_rows : H)
+                           : auto_band_rows(B, H, P / 2, nthreads);
+    job->nbands = (H + job->R - 1) / job->R;
+    job->nitems = B * job->nbands;
+    job->merge_every = MERGE_TERMS / T > 1 ? MERGE_TERMS / T : 1;
+    job->Wv = (W + 15) / 16;
+    job->SW = 16 * job->Wv;
+    job->Wd = (job->SW + P - 1 + 15) / 16;
+    job->SD = 16 * job->Wd;
+    job->amax = amax; job->bmax = bmax;
+    job->RU = H + 2 * job->r + amax;
+    job->SU = round16(bmax + job->SD);
+    job->RX = H + amax;
+    job->SX = round16(bmax + job->SW);
+    atomic_init(&job->next, 0);
+    atomic_init(&job->err, 0);
+    /* plain POSIX threads, not OpenMP (a second OpenMP runtime beside torch's competes) */
+    pthread_t th[64];
+    int started = 1;
+    for (int t = 1; t < nthreads; t++) {
+        if (pthread_create(&th[t], NULL, worker, job) != 0) break;
+        started++;
+    }
+    worker(job);
+    for (int t = 1; t < started; t++) pthread_join(th[t], NULL);
+    int err = atomic_load(&job->err);
+    free(job);
+    return err;
+}
