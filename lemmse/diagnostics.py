@@ -167,7 +167,7 @@ def pixel_weights(est: _PatchAttention, y: torch.Tensor, sigma: float, pixels) -
         if admissible is not None:
             logits.masked_fill_(~admissible[:, None, :], -math.inf)
         lse = torch.logsumexp(logits.flatten(1), 1)
-        w = torch.exp(logits - lse[:, None, None])
+        w = logits.sub_(lse[:, None, None]).exp_()  # in place: the weights replace the logits
         values = torch.einsum("qnk,nck->qc", w, train.double().flatten(2))
         K = torch.full((len(pixels),), N * H * W, dtype=torch.int64) if admissible is None else \
             admissible.sum(1) * N

@@ -401,3 +401,84 @@ def to_png(images, *, scale: int = 4, gap: int = 2) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(panel).save(buf, format="PNG")  # uint8 [H, W] -> "L", [H, W, 3] -> "RGB"
     return buf.getvalue()
+
+
+__all__ += ["plot_matrix"]
+
+
+def plot_matrix(
+    values,
+    *,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    fmt: str = "{:.1f}",
+    mark_row_max: bool = True,
+    ax=None,
+    size: tuple[float, float] = (3.8, 3.2),
+    cmap: str = "viridis",
+):
+    """Show a table of numbers as a heat map with the values written in the cells.
+
+    Parameters
+    ----------
+    values : array-like ``[rows, cols]``
+        The numbers (``nan`` cells stay blank).
+    row_labels, col_labels : sequence of str
+        One label per row and per column.
+    xlabel, ylabel : str
+        Axis labels (columns, rows).
+    title : str, optional
+    fmt : str, optional
+        Format of the written values (default one decimal).
+    mark_row_max : bool, optional
+        Frame the largest value of each row (default True): "which column explains this row best".
+    ax : matplotlib.axes.Axes, optional
+        Draw into these axes instead of a new figure.
+    size : tuple of float, optional
+        Figure size in inches when a new figure is made.
+    cmap : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If ``values`` is not 2-D or the labels do not match its shape.
+    """
+    from matplotlib.patches import Rectangle
+
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 2:
+        raise ValueError(f"values must be a 2-D table, got shape {v.shape}")
+    if len(row_labels) != v.shape[0] or len(col_labels) != v.shape[1]:
+        raise ValueError(f"expected {v.shape[0]} row labels and {v.shape[1]} column labels, got "
+                         f"{len(row_labels)} and {len(col_labels)}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=size)
+    else:
+        fig = ax.figure
+    im = ax.imshow(np.ma.masked_invalid(v), cmap=cmap, aspect="auto")
+    finite = v[np.isfinite(v)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for r in range(v.shape[0]):
+        for c in range(v.shape[1]):
+            if np.isfinite(v[r, c]):
+                ax.text(c, r, fmt.format(v[r, c]), ha="center", va="center", fontsize=8,
+                        color="black" if v[r, c] > mid else "white")
+        if mark_row_max and np.isfinite(v[r]).any():
+            c = int(np.nanargmax(v[r]))
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(v.shape[1]), list(col_labels))
+    ax.set_yticks(range(v.shape[0]), list(row_labels))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig

@@ -52,3 +52,21 @@ def test_show_images_checks_titles():
         show_images(torch.rand(3, 1, 4, 4), ["only one"])
     with pytest.raises(ValueError, match="row_labels"):
         show_images(torch.rand(3, 1, 4, 4), row_labels=["a", "b"])
+
+
+def test_plot_matrix_marks_row_maxima_and_checks_labels():
+    from matplotlib.patches import Rectangle
+
+    from lemmse.plot import plot_matrix
+
+    v = np.array([[1.0, 3.0, 2.0], [5.0, np.nan, 4.0]])
+    fig = plot_matrix(v, row_labels=["a", "b"], col_labels=["x", "y", "z"], xlabel="col", ylabel="row")
+    ax = fig.axes[0]
+    frames = [p.get_xy() for p in ax.patches if isinstance(p, Rectangle)]
+    assert frames == [(0.5, -0.5), (-0.5, 0.5)]  # column 1 in row 0, column 0 in row 1
+    assert sorted(t.get_text() for t in ax.texts) == ["1.0", "2.0", "3.0", "4.0", "5.0"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="row labels"):
+        plot_matrix(v, row_labels=["a"], col_labels=["x", "y", "z"], xlabel="", ylabel="")
+    with pytest.raises(ValueError, match="2-D"):
+        plot_matrix(np.zeros(3), row_labels=[], col_labels=[], xlabel="", ylabel="")
