@@ -22,15 +22,16 @@ is bounded by the chunk size, whatever the number of training images.
 Two back-ends compute a chunk:
 
 ``"native"``
-    a fused C kernel (AVX-512, fp32, OpenMP; ``lemmse/_kernels/attend_avx512.c``) that computes
-    the dot products, the exponentials and the accumulation in registers, never writing the
-    score matrix.  Used on CPUs with AVX-512 for fp32, ``D <= NATIVE_MAX_DIM`` and at most 4
-    value channels, where it measures fastest (``benchmarks/bench_engine.py``).
+    a fused C kernel (AVX-512, fp32, POSIX threads; ``lemmse/_kernels/attend_avx512.c``) that
+    computes the dot products, the exponentials and the accumulation in registers, never
+    writing the score matrix; for large ``D`` (from 48) its register-blocked tiles run the dot
+    products near the FMA peak.  Used on CPUs with AVX-512 for fp32 and at most 4 value
+    channels, whatever ``D``, where it measures fastest (``benchmarks/bench_engine.py``).
 ``"torch"``
     the GEMM expansion ``q·k - ‖k‖²/2`` by a matrix product, then ``exp`` and a second product
     with the values, chunked over queries and keys within the memory budget.  Any device, fp32
-    or float64; used for large ``D`` (where the GEMM dominates and MKL/cuBLAS win), on GPUs,
-    and for the diagnostics of :meth:`StreamingAttention.update` with ``track=True``.
+    or float64; used for float64, on GPUs, for more than 4 value channels, and for the
+    diagnostics of :meth:`StreamingAttention.update` with ``track=True``.
 
 TF32 is never used (it costs 1–8 nats of logit error at small σ): callers run under
 :func:`no_tf32`.
@@ -47,9 +48,8 @@ import torch
 from lemmse._native import load_kernel
 
 LOG2E = 1.4426950408889634
-#: Largest patch dimension for which the fused native kernel is used (above it the GEMM path
-#: measured faster on the reference 2-core AVX-512 machine, see ``benchmarks/bench_engine.py``).
-NATIVE_MAX_DIM = 96
+#: Key data swept by the native kernel per pass over a thread's queries (sized for the L2 cache).
+NATIVE_KCHUNK_BYTES = 512 * 1024
 #: Default bound on the working memory of one estimator call, in bytes.
 DEFAULT_MEMORY_BUDGET = 1 << 30
 #: Below this noise level (in the centred [0, 1] pixel scale) the logits are computed from
@@ -106,7 +106,7 @@ class KeyChunk:
 
 def choose_backend(dim: int, value_dim: int, dtype: torch.dtype, device: torch.device,
                    backend: str = "auto") -> str:
-    """Pick ``"native"`` or ``"torch"`` (see the module docstring)."""
+    """Pick ``"native"`` or ``"torch"`` (see the module docstring; ``dim`` does not matter)."""
     if backend not in ("auto", "native", "torch"):
         raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}")
     native_ok = (device.type == "cpu" and dtype == torch.float32 and 1 <= value_dim <= 4
@@ -118,7 +118,7 @@ def choose_backend(dim: int, value_dim: int, dtype: torch.dtype, device: torch.d
         return "native"
     if backend == "torch":
         return "torch"
-    return "native" if native_ok and dim <= NATIVE_MAX_DIM else "torch"
+    return "native" if native_ok else "torch"
 
 
 class StreamingAttention:
@@ -242,8 +242,8 @@ class StreamingAttention:
         q0, q1 = self.q_ptr[:-1].contiguous(), self.q_ptr[1:].contiguous()
         b0, b1 = b_ptr[:-1].contiguous(), b_ptr[1:].contiguous()
         nlast = nlast.contiguous()
-        # keys of one sweep sized for the L2 cache (~512 KiB of key data)
-        kchunk = max(1, (512 * 1024) // (16 * 4 * (self.D + 1 + self.Cv)))
+        # keys of one sweep sized for the L2 cache
+        kchunk = max(1, NATIVE_KCHUNK_BYTES // (16 * 4 * (self.D + 1 + self.Cv)))
         rc = self._fn(self._Q.data_ptr(), self._s.data_ptr(), self.M, self.D, Kt.data_ptr(),
                       kb.data_ptr(), Vt.data_ptr(), self.Cv, self.G, q0.data_ptr(),
                       q1.data_ptr(), b0.data_ptr(), b1.data_ptr(), nlast.data_ptr(), kchunk,

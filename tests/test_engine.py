@@ -120,7 +120,6 @@ def test_native_and_torch_backends_agree_on_real_data(real_data_root):
 def test_choose_backend_rules():
     cpu = torch.device("cpu")
     assert engine.choose_backend(25, 1, torch.float64, cpu) == "torch"
-    assert engine.choose_backend(363, 3, torch.float32, cpu) == "torch"
     assert engine.choose_backend(25, 5, torch.float32, cpu) == "torch"
     with pytest.raises(ValueError, match="backend"):
         engine.choose_backend(25, 1, torch.float32, cpu, "cuda")
@@ -128,6 +127,90 @@ def test_choose_backend_rules():
         engine.choose_backend(25, 1, torch.float64, cpu, "native")
     if engine.load_kernel() is not None:
         assert engine.choose_backend(25, 1, torch.float32, cpu) == "native"
+        assert engine.choose_backend(363, 3, torch.float32, cpu) == "native"  # any D
+
+
+# ---------------------------------------------------------------- large D (wide native tiles)
+def clustered(M, K, D, Cv, sigma, seed, centre=0.3):
+    """Queries and keys around one centre, spread so that tens of keys share the softmax mass
+    (|q - k|^2 / 2 sigma^2 of a few nats) whatever sigma and D: a non-degenerate test.  With the
+    centre at 0, a zero padding key would get a logit of the same order as the real keys."""
+    g = torch.Generator().manual_seed(seed)
+    c = centre * torch.rand(D, generator=g)
+    tau = 1.5 * sigma / math.sqrt(D)
+    q = c + tau * torch.randn(M, D, generator=g)
+    k = c + tau * torch.randn(K, D, generator=g)
+    v = torch.rand(K, Cv, generator=g)
+    s = sigma * (1 + 0.2 * torch.rand(M, generator=g))  # per-query sigma
+    return q, k, v, s
+
+
+def native_attention(q, s, chunks, Cv, q_ptr=None, nthreads=None):
+    att = StreamingAttention(q, s, q_ptr, value_dim=Cv, memory_budget=1 << 20, backend="native")
+    if nthreads is not None:
+        att.nthreads = nthreads
+    for kc in chunks:
+        att.update(kc)
+    return att.result()
+
+
+@needs_native
+@pytest.mark.parametrize("D", [48, 97, 150, 363])
+@pytest.mark.parametrize("sigma", [0.05, 0.2, 1.0])
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("Cv", [1, 2, 3, 4])
+def test_native_large_dim_matches_float64(D, sigma, direct, Cv, monkeypatch):
+    """Wide tiles: 12 query rows x 2 key blocks, remainders of 8, 4, 2, 1 rows and of one key
+    block, a partial last block, both logit modes (forced through DIRECT_SIGMA)."""
+    small_sigma = sigma < engine.DIRECT_SIGMA
+    monkeypatch.setattr(engine, "DIRECT_SIGMA", math.inf if direct else 0.0)
+    M = 43 if Cv % 2 else 47  # 36 + 4 + 2 + 1 and 36 + 8 + 2 + 1 rows
+    q, k, v, s = clustered(M, 300, D, Cv, sigma, seed=D + Cv, centre=0.3 if Cv % 2 else 0.0)
+    ref, lse_ref = reference(q, k, v, s)
+    # chunks of 8 blocks (8 keys in the last), 7 blocks (4 in the last), 5 full blocks
+    out, lse = native_attention(q, s, [KeyChunk(k[a:b], v[a:b]) for a, b in
+                                       [(0, 120), (120, 220), (220, 300)]], Cv)
+    tol = 1e-5
+    if not direct and small_sigma:
+        # the regime the engine leaves to direct differences: the expansion q.k - |k|^2/2
+        # cancels in fp32 (chapter 7); ask for no more error than a plain fp32 GEMM expansion
+        plain = torch.softmax((q @ k.T - 0.5 * (k * k).sum(1)) / s[:, None] ** 2, 1) @ v
+        tol = max(tol, 2 * float((plain.double() - ref).abs().max()))
+    assert (out.double() - ref).abs().max() <= tol
+    assert (lse.double() - lse_ref).abs().max() < 1e-4 * (1 + lse_ref.abs().max())
+
+
+@needs_native
+@pytest.mark.parametrize("direct", [False, True])
+def test_native_large_dim_groups(direct, monkeypatch):
+    monkeypatch.setattr(engine, "DIRECT_SIGMA", math.inf if direct else 0.0)
+    D, Cv = 150, 3
+    q, k, v, s = clustered(45, 250, D, Cv, 0.2, seed=7)
+    qg = torch.tensor([0] * 13 + [1] * 25 + [2] * 7)
+    kg = torch.tensor([0] * 50 + [1] * 167 + [2] * 33)
+    ref, _ = reference(q, k, v, s, qg, kg)
+    out, _ = native_attention(q, s, [KeyChunk(k, v, torch.tensor([0, 50, 217, 250]))], Cv,
+                              torch.tensor([0, 13, 38, 45]))
+    assert (out.double() - ref).abs().max() <= 1e-5
+
+
+@needs_native
+@pytest.mark.parametrize("direct", [False, True])
+def test_native_large_dim_chunking_and_threads(direct, monkeypatch):
+    """Feeding the keys in chunks changes only the rounding; the number of threads changes
+    nothing (each query row is computed by one thread, in key order)."""
+    monkeypatch.setattr(engine, "DIRECT_SIGMA", math.inf if direct else 0.0)
+    D, Cv = 363, 3
+    q, k, v, s = clustered(71, 800, D, Cv, 0.2, seed=8)
+    whole = native_attention(q, s, [KeyChunk(k, v)], Cv)
+    parts = native_attention(q, s, [KeyChunk(k[a:b], v[a:b]) for a, b in
+                                    [(0, 16), (16, 33), (33, 500), (500, 800)]], Cv)
+    assert (whole[0] - parts[0]).abs().max() < 1e-6
+    assert (whole[1] - parts[1]).abs().max() < 1e-5
+    one = native_attention(q, s, [KeyChunk(k, v)], Cv, nthreads=1)
+    for n in (2, 3, 5):
+        many = native_attention(q, s, [KeyChunk(k, v)], Cv, nthreads=n)
+        assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
 
 
 def test_direct_path_is_used_below_direct_sigma():
