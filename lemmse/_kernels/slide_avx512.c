@@ -30,7 +30,8 @@
  *   SW = 16 ceil(W / 16)  (lanes >= W are padding)
  * Online softmax per lane: the running maximum is raised (and the sums rescaled) only when a
  * logit exceeds it by SLACK, one exp2 per pair.  The per-pair sums are made in fp32 and folded
- * into the float64 state every ~MERGE_TERMS terms (an fp32 sum of 10^7 terms would stall).
+ * into the float64 state every MERGE_TERMS shifts (an fp32 sum of 10^7 terms would stall, and
+ * short fp32 sums keep the rounding error of the sums near 2^-24).
  *
  * Work items are (query image, band of rows), taken from a shared counter by plain POSIX
  * threads; each item runs over the whole chunk in (n, t) order.  Per item and training image
@@ -49,14 +50,14 @@
 #include "avx512_common.h"
 
 #define SLACK 16.0f
-#define MERGE_TERMS 1024
+#define MERGE_TERMS 64
 
 typedef struct {
     const float *V, *qs, *U, *X;
     const int32_t *shifts, *gid;
     float *m;
     double *acc;
-    int64_t B, C, H, W, P, r, N, T, R, nbands, nitems, merge_every;
+    int64_t B, C, H, W, P, r, N, T, R, nbands, nitems;
     int64_t SW, Wv, SD, Wd, RU, SU, RX, SX, amax, bmax;
     atomic_llong next;
     atomic_int err;
@@ -93,123 +94,192 @@ static void tile_i32(int32_t *dst, int64_t rows, int64_t stride, const int32_t *
         for (int64_t w = 0; w < stride; w++) dst[u * stride + w] = src[(u % H) * W + w % W];
 }
 
-/* One training image, all shifts, rows [y0, y0 + Rb) of one query image. */
+/* fold the fp32 partial sums of rows [0, Rb) into the float64 state and clear them */
+static void merge(const job_t *J, float *l1, double *l2, int64_t Rb) {
+    const int64_t n = Rb * (J->C + 1) * J->SW;
+    for (int64_t i = 0; i < n; i += 8) {
+        __m512d g = _mm512_loadu_pd(l2 + i);
+        _mm512_storeu_pd(l2 + i, _mm512_add_pd(g, _mm512_cvtps_pd(_mm256_load_ps(l1 + i))));
+    }
+    memset(l1, 0, (size_t)n * sizeof(float));
+}
+
+/* squared differences of the C channels of a query row and a key row, one vector */
+static inline __attribute__((always_inline)) __m512
+sqdiff(const float *vr, int64_t VPS, const float *ur, int64_t UTS, const int C) {
+    __m512 d = _mm512_setzero_ps();
+    for (int c = 0; c < C; c++) {
+        __m512 df = _mm512_sub_ps(_mm512_load_ps(vr + c * VPS), _mm512_loadu_ps(ur + c * UTS));
+        d = _mm512_fmadd_ps(df, df, d);
+    }
+    return d;
+}
+
+/* Horizontal pass of one shift: squared differences of every padded row pair, then the
+   horizontal box sum h[x] = sum_{k < P} d[x + k], into h[(Rb + 2r)][SW].  The shifted vectors
+   are lane permutes of two consecutive d vectors (kept in registers for P <= 17; beyond, the
+   row of d goes through memory and is reloaded aligned: an unaligned load straddling two fresh
+   stores would stall on the failed store forwarding). */
+static inline __attribute__((always_inline)) void
+horizontal(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, int64_t a, int64_t bb,
+           float *h, const int C, const int PP) {
+    const int64_t P = PP ? PP : J->P, r = P / 2, SW = J->SW, Wv = J->Wv, SD = J->SD;
+    const int64_t Wd = J->Wd, SU = J->SU;
+    const int64_t VPS = (J->H + 2 * r) * SD, UTS = J->RU * SU;
+    float *drow = bf->drow;
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (int64_t yy = 0; yy < Rb + 2 * r; yy++) {
+        const float *vr = bf->Vp + (y0 + yy) * SD;
+        const float *ur = bf->Ut + (y0 + yy + a) * SU + bb;
+        float *hr = h + yy * SW;
+        if (P <= 17) {
+            __m512 dc = sqdiff(vr, VPS, ur, UTS, C);
+            for (int64_t xv = 0; xv < Wv; xv++) {
+                __m512 dn = sqdiff(vr + xv * 16 + 16, VPS, ur + xv * 16 + 16, UTS, C);
+                __m512 acc = dc;
+                for (int64_t k = 1; k < P; k++)
+                    acc = _mm512_add_ps(acc, k == 16 ? dn : _mm512_permutex2var_ps(
+                        dc, _mm512_add_epi32(iota, _mm512_set1_epi32((int)k)), dn));
+                _mm512_store_ps(hr + xv * 16, acc);
+                dc = dn;
+            }
+            continue;
+        }
+        for (int64_t xv = 0; xv < Wd; xv++)
+            _mm512_store_ps(drow + xv * 16, sqdiff(vr + xv * 16, VPS, ur + xv * 16, UTS, C));
+        for (int64_t xv = 0; xv < Wv; xv++) {
+            __m512 acc = _mm512_load_ps(drow + xv * 16);
+            for (int64_t k = 1; k < P; k++) {
+                const int64_t j = xv + k / 16, kk = k % 16;
+                __m512 lo = _mm512_load_ps(drow + j * 16);
+                __m512 sh = kk == 0 ? lo : _mm512_permutex2var_ps(
+                    lo, _mm512_add_epi32(iota, _mm512_set1_epi32((int)kk)),
+                    _mm512_load_ps(drow + j * 16 + 16));
+                acc = _mm512_add_ps(acc, sh);
+            }
+            _mm512_store_ps(hr + xv * 16, acc);
+        }
+    }
+}
+
+/* One training image, all shifts, rows [y0, y0 + Rb) of one query image.  Shifts go in blocks
+   of up to KB: the horizontal pass of each, then one vertical pass that keeps every query
+   pixel's state in registers across the block.  With nm = -m (minus the running maximum) the
+   base-2 logit relative to the maximum is x = dist * s + nm: one fma. */
+#define KB 4
 static inline __attribute__((always_inline)) void
 shifts_body(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, float *mrow,
-            double *l2, const int C, const int G) {
-    const int64_t P = J->P, r = J->r, SW = J->SW, Wv = J->Wv, SD = J->SD, Wd = J->Wd;
-    const int64_t SU = J->SU, SX = J->SX;
-    const int64_t VPS = (J->H + 2 * r) * SD, UTS = J->RU * SU, XTS = J->RX * SX;
+            double *l2, int64_t *pending, const int C, const int G, const int PP) {
+    const int64_t P = PP ? PP : J->P, r = P / 2, SW = J->SW, Wv = J->Wv, SX = J->SX;
+    const int64_t XTS = J->RX * SX, HS = (J->R + 2 * r) * SW;
     const int64_t LS = (C + 1) * SW;
-    const float *Vp = bf->Vp, *Ut = bf->Ut, *Xt = bf->Xt;
-    float *drow = bf->drow, *hbuf = bf->hbuf, *l1 = bf->l1;
+    float *l1 = bf->l1;
     const __m512 slack = _mm512_set1_ps(SLACK), floor2 = _mm512_set1_ps(-256.0f);
-    for (int64_t ti = 0; ti < J->T; ti++) {
-        const int64_t a = J->shifts[2 * ti], bb = J->shifts[2 * ti + 1];
-        /* squared differences of one padded row pair, then the horizontal box sum */
-        for (int64_t yy = 0; yy < Rb + 2 * r; yy++) {
-            const float *vr = Vp + (y0 + yy) * SD;
-            const float *ur = Ut + (y0 + yy + a) * SU + bb;
-            for (int64_t xv = 0; xv < Wd; xv++) {
-                __m512 d = _mm512_setzero_ps();
-                for (int c = 0; c < C; c++) {
-                    __m512 df = _mm512_sub_ps(_mm512_load_ps(vr + c * VPS + xv * 16),
-                                              _mm512_loadu_ps(ur + c * UTS + xv * 16));
-                    d = _mm512_fmadd_ps(df, df, d);
-                }
-                _mm512_store_ps(drow + xv * 16, d);
-            }
-            float *hr = hbuf + yy * SW;
-            for (int64_t xv = 0; xv < Wv; xv++) {
-                __m512 h = _mm512_load_ps(drow + xv * 16);
-                for (int64_t k = 1; k < P; k++)
-                    h = _mm512_add_ps(h, _mm512_loadu_ps(drow + xv * 16 + k));
-                _mm512_store_ps(hr + xv * 16, h);
-            }
+    const __m512 neg0 = _mm512_set1_ps(-0.0f);
+    for (int64_t t0 = 0; t0 < J->T; t0 += KB) {
+        const int nk = J->T - t0 < KB ? (int)(J->T - t0) : KB;
+        int64_t sa[KB], sb[KB];
+        for (int k = 0; k < nk; k++) {
+            sa[k] = J->shifts[2 * (t0 + k)];
+            sb[k] = J->shifts[2 * (t0 + k) + 1];
+            horizontal(J, bf, y0, Rb, sa[k], sb[k], bf->hbuf + k * HS, C, PP);
         }
-        /* vertical box sum and the online softmax update of every query pixel */
         for (int64_t y = 0; y < Rb; y++) {
-            const float *xr = Xt + (y0 + y + a) * SX + bb;
             for (int64_t xv = 0; xv < Wv; xv++) {
-                __m512 dist = _mm512_load_ps(hbuf + y * SW + xv * 16);
-                for (int64_t k = 1; k < P; k++)
-                    dist = _mm512_add_ps(dist, _mm512_load_ps(hbuf + (y + k) * SW + xv * 16));
-                const __m512 l = _mm512_mul_ps(dist, s);
                 float *mp = mrow + y * SW + xv * 16;
                 float *lp = l1 + y * LS + xv * 16;
-                __m512 mv = _mm512_load_ps(mp);
-                __mmask16 adm = 0xFFFF;
-                if (G) {
-                    __m512i gq = _mm512_load_si512(bf->Gq + (y0 + y) * SW + xv * 16);
-                    __m512i gk = _mm512_loadu_si512(bf->Gt + (y0 + y + a) * SX + bb + xv * 16);
-                    adm = _mm512_cmpeq_epi32_mask(gq, gk);
-                }
-                __mmask16 big = _mm512_mask_cmp_ps_mask(adm, l, _mm512_add_ps(mv, slack),
-                                                        _CMP_GT_OQ);
-                if (big) {  /* raise the running maximum of these lanes, rescale their sums */
-                    __m512 nm = _mm512_mask_mov_ps(mv, big, l);
-                    __m512 sc = exp2_ps(_mm512_max_ps(_mm512_sub_ps(mv, nm), floor2));
-                    __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sc));
-                    __m512d shi = _mm512_cvtps_pd(
-                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sc), 1)));
-                    double *gp = l2 + y * LS + xv * 16;
-                    for (int c = 0; c <= C; c++) {
-                        __m512 v1 = _mm512_load_ps(lp + c * SW);
-                        _mm512_store_ps(lp + c * SW, _mm512_mask_mul_ps(v1, big, v1, sc));
-                        __m512d g0 = _mm512_load_pd(gp + c * SW);
-                        __m512d g1 = _mm512_load_pd(gp + c * SW + 8);
-                        _mm512_store_pd(gp + c * SW, _mm512_mask_mul_pd(g0, (__mmask8)big, g0, slo));
-                        _mm512_store_pd(gp + c * SW + 8,
-                                        _mm512_mask_mul_pd(g1, (__mmask8)(big >> 8), g1, shi));
+                __m512 nm = _mm512_xor_ps(_mm512_loadu_ps(mp), neg0);
+                __m512 st[C + 1];
+                for (int c = 0; c <= C; c++) st[c] = _mm512_load_ps(lp + c * SW);
+                for (int k = 0; k < nk; k++) {
+                    const float *hk = bf->hbuf + k * HS + y * SW + xv * 16;
+                    __m512 dist = _mm512_load_ps(hk);
+                    for (int64_t j = 1; j < P; j++)
+                        dist = _mm512_add_ps(dist, _mm512_load_ps(hk + j * SW));
+                    __m512 x = _mm512_fmadd_ps(dist, s, nm);
+                    __mmask16 adm = 0xFFFF;
+                    if (G) {
+                        __m512i gq = _mm512_load_si512(bf->Gq + (y0 + y) * SW + xv * 16);
+                        __m512i gk = _mm512_loadu_si512(bf->Gt + (y0 + y + sa[k]) * SX + sb[k]
+                                                        + xv * 16);
+                        adm = _mm512_cmpeq_epi32_mask(gq, gk);
                     }
-                    _mm512_store_ps(mp, nm);
-                    mv = nm;
+                    __mmask16 big = _mm512_mask_cmp_ps_mask(adm, x, slack, _CMP_GT_OQ);
+                    if (big) {  /* raise the running maximum of these lanes, rescale sums */
+                        __m512 l = _mm512_mul_ps(dist, s);
+                        __m512 nn = _mm512_mask_xor_ps(nm, big, l, neg0);  /* -l */
+                        __m512 sc = exp2_ps(_mm512_max_ps(_mm512_sub_ps(nn, nm), floor2));
+                        for (int c = 0; c <= C; c++) st[c] = _mm512_mul_ps(st[c], sc);
+                        __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sc));
+                        __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(
+                            _mm512_extractf64x4_pd(_mm512_castps_pd(sc), 1)));
+                        double *gp = l2 + y * LS + xv * 16;
+                        for (int c = 0; c <= C; c++) {
+                            __m512d g0 = _mm512_loadu_pd(gp + c * SW);
+                            __m512d g1 = _mm512_loadu_pd(gp + c * SW + 8);
+                            _mm512_storeu_pd(gp + c * SW,
+                                             _mm512_mask_mul_pd(g0, (__mmask8)big, g0, slo));
+                            _mm512_storeu_pd(gp + c * SW + 8, _mm512_mask_mul_pd(
+                                                 g1, (__mmask8)(big >> 8), g1, shi));
+                        }
+                        nm = nn;
+                        x = _mm512_fmadd_ps(dist, s, nm);
+                    }
+                    __m512 e = exp2_ps(x);
+                    if (G) e = _mm512_maskz_mov_ps(adm, e);
+                    st[0] = _mm512_add_ps(st[0], e);
+                    const float *xr = bf->Xt + (y0 + y + sa[k]) * SX + sb[k] + xv * 16;
+                    for (int c = 0; c < C; c++)
+                        st[c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(xr + c * XTS), st[c + 1]);
                 }
-                __m512 e = exp2_ps(_mm512_sub_ps(l, mv));
-                if (G) e = _mm512_maskz_mov_ps(adm, e);
-                _mm512_store_ps(lp, _mm512_add_ps(_mm512_load_ps(lp), e));
-                for (int c = 0; c < C; c++)
-                    _mm512_store_ps(lp + (c + 1) * SW,
-                                    _mm512_fmadd_ps(e, _mm512_loadu_ps(xr + c * XTS + xv * 16),
-                                                    _mm512_load_ps(lp + (c + 1) * SW)));
+                for (int c = 0; c <= C; c++) _mm512_store_ps(lp + c * SW, st[c]);
+                _mm512_storeu_ps(mp, _mm512_xor_ps(nm, neg0));
             }
+        }
+        *pending += nk;
+        if (*pending >= MERGE_TERMS) {
+            merge(J, l1, l2, Rb);
+            *pending = 0;
         }
     }
 }
 
 typedef void (*shifts_fn)(const job_t *, const bufs_t *, int64_t, int64_t, __m512, float *,
-                          double *);
-#define DEFINE_SHIFTS(C, G)                                                                    \
-    static void shifts_##C##_##G(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb,    \
-                                 __m512 s, float *mrow, double *l2) {                          \
-        shifts_body(J, bf, y0, Rb, s, mrow, l2, C, G);                                          \
+                          double *, int64_t *);
+/* specialised on the channels C, the use of position groups G and the patch size (0: any) */
+#define DEFINE_SHIFTS(C, G, P)                                                                 \
+    static void shifts_##C##_##G##_##P(const job_t *J, const bufs_t *bf, int64_t y0,           \
+                                       int64_t Rb, __m512 s, float *mrow, double *l2,          \
+                                       int64_t *pending) {                                     \
+        shifts_body(J, bf, y0, Rb, s, mrow, l2, pending, C, G, P);                              \
     }
-DEFINE_SHIFTS(1, 0)
-DEFINE_SHIFTS(2, 0)
-DEFINE_SHIFTS(3, 0)
-DEFINE_SHIFTS(4, 0)
-DEFINE_SHIFTS(1, 1)
-DEFINE_SHIFTS(2, 1)
-DEFINE_SHIFTS(3, 1)
-DEFINE_SHIFTS(4, 1)
-static const shifts_fn SHIFTS[2][4] = {{shifts_1_0, shifts_2_0, shifts_3_0, shifts_4_0},
-                                       {shifts_1_1, shifts_2_1, shifts_3_1, shifts_4_1}};
+#define DEFINE_SHIFTS_C(C, G)                                                                  \
+    DEFINE_SHIFTS(C, G, 0) DEFINE_SHIFTS(C, G, 3) DEFINE_SHIFTS(C, G, 5)                        \
+    DEFINE_SHIFTS(C, G, 7) DEFINE_SHIFTS(C, G, 11)
+DEFINE_SHIFTS_C(1, 0)
+DEFINE_SHIFTS_C(2, 0)
+DEFINE_SHIFTS_C(3, 0)
+DEFINE_SHIFTS_C(4, 0)
+DEFINE_SHIFTS_C(1, 1)
+DEFINE_SHIFTS_C(2, 1)
+DEFINE_SHIFTS_C(3, 1)
+DEFINE_SHIFTS_C(4, 1)
+#define ROW_P(C, G) {shifts_##C##_##G##_0, shifts_##C##_##G##_3, shifts_##C##_##G##_5,          \
+                     shifts_##C##_##G##_7, shifts_##C##_##G##_11}
+static const shifts_fn SHIFTS[2][4][5] = {
+    {ROW_P(1, 0), ROW_P(2, 0), ROW_P(3, 0), ROW_P(4, 0)},
+    {ROW_P(1, 1), ROW_P(2, 1), ROW_P(3, 1), ROW_P(4, 1)}};
 
-/* fold the fp32 partial sums of rows [0, Rb) into the float64 state and clear them */
-static void merge(const job_t *J, float *l1, double *l2, int64_t Rb) {
-    const int64_t n = Rb * (J->C + 1) * J->SW;
-    for (int64_t i = 0; i < n; i += 8) {
-        __m512d g = _mm512_load_pd(l2 + i);
-        _mm512_store_pd(l2 + i, _mm512_add_pd(g, _mm512_cvtps_pd(_mm256_load_ps(l1 + i))));
-    }
-    memset(l1, 0, (size_t)n * sizeof(float));
+static shifts_fn pick_shifts(int64_t C, int G, int64_t P) {
+    int ip = P == 3 ? 1 : P == 5 ? 2 : P == 7 ? 3 : P == 11 ? 4 : 0;
+    return SHIFTS[G][C - 1][ip];
 }
 
 static void run_item(const job_t *J, const bufs_t *bf, int64_t item) {
     const int64_t C = J->C, H = J->H, W = J->W, r = J->r, SW = J->SW;
     const int64_t b = item / J->nbands, y0 = (item % J->nbands) * J->R;
     const int64_t Rb = J->R < H - y0 ? J->R : H - y0;
-    const shifts_fn f = SHIFTS[J->gid != NULL][C - 1];
+    const shifts_fn f = pick_shifts(C, J->gid != NULL, J->P);
     for (int64_t c = 0; c < C; c++)
         tile_f32(bf->Vp + c * (H + 2 * r) * J->SD, H + 2 * r, J->SD,
                  J->V + (b * C + c) * H * W, H, W, r);
@@ -217,6 +287,7 @@ static void run_item(const job_t *J, const bufs_t *bf, int64_t item) {
     float *mrow = J->m + (b * H + y0) * SW;
     double *l2 = J->acc + (b * H + y0) * (C + 1) * SW;
     memset(bf->l1, 0, (size_t)(Rb * (C + 1) * SW) * sizeof(float));
+    int64_t pending = 0;  /* shifts summed in l1 since the last merge */
     for (int64_t n = 0; n < J->N; n++) {
         for (int64_t c = 0; c < C; c++) {
             tile_f32(bf->Ut + c * J->RU * J->SU, J->RU, J->SU, J->U + (n * C + c) * H * W, H,
@@ -224,9 +295,9 @@ static void run_item(const job_t *J, const bufs_t *bf, int64_t item) {
             tile_f32(bf->Xt + c * J->RX * J->SX, J->RX, J->SX, J->X + (n * C + c) * H * W, H,
                      W, 0);
         }
-        f(J, bf, y0, Rb, s, mrow, l2);
-        if ((n + 1) % J->merge_every == 0 || n == J->N - 1) merge(J, bf->l1, l2, Rb);
+        f(J, bf, y0, Rb, s, mrow, l2, &pending);
     }
+    if (pending) merge(J, bf->l1, l2, Rb);
 }
 
 static void *fallible_alloc(size_t n) {
@@ -246,7 +317,7 @@ static void *worker(void *arg) {
     bf.Ut = fallible_alloc(sizeof(float) * (size_t)(C * J->RU * J->SU));
     bf.Xt = fallible_alloc(sizeof(float) * (size_t)(C * J->RX * J->SX));
     bf.drow = fallible_alloc(sizeof(float) * (size_t)(J->SD + 16));
-    bf.hbuf = fallible_alloc(sizeof(float) * (size_t)((J->R + 2 * r) * J->SW));
+    bf.hbuf = fallible_alloc(sizeof(float) * (size_t)(KB * (J->R + 2 * r) * J->SW));
     bf.l1 = fallible_alloc(sizeof(float) * (size_t)(J->R * (C + 1) * J->SW));
     bf.Gq = bf.Gt = NULL;
     int ok = bf.Vp && bf.Ut && bf.Xt && bf.drow && bf.hbuf && bf.l1;
@@ -275,11 +346,14 @@ static void *worker(void *arg) {
 }
 
 /* Number of rows per work item: whole images when there are enough of them for the threads,
-   else bands (each band recomputes 2r halo rows of the horizontal pass). */
+   else the fewest bands per image that make the item count a multiple of the thread count
+   (each band recomputes 2r halo rows of the horizontal pass). */
 static int64_t auto_band_rows(int64_t B, int64_t H, int64_t r, int nthreads) {
-    if (nthreads <= 1 || B >= 2 * nthreads) return H;
-    int64_t want = (4 * nthreads + B - 1) / B;  /* bands per image */
-    int64_t R = (H + want - 1) / want;
+    if (nthreads <= 1 || B >= 4 * nthreads) return H;
+    int64_t g = B, t = nthreads;
+    while (t) { int64_t tmp = g % t; g = t; t = tmp; }  /* gcd(B, nthreads) */
+    int64_t nb = nthreads / g;
+    int64_t R = (H + nb - 1) / nb;
     int64_t Rmin = 2 * r > 4 ? 2 * r : 4;
     if (R < Rmin) R = Rmin;
     return R < H ? R : H;
@@ -312,10 +386,9 @@ int lemmse_slide_f32(const float *V, const float *qs, int64_t B, int64_t C, int6
                            : auto_band_rows(B, H, P / 2, nthreads);
     job->nbands = (H + job->R - 1) / job->R;
     job->nitems = B * job->nbands;
-    job->merge_every = MERGE_TERMS / T > 1 ? MERGE_TERMS / T : 1;
     job->Wv = (W + 15) / 16;
     job->SW = 16 * job->Wv;
-    job->Wd = (job->SW + P - 1 + 15) / 16;
+    job->Wd = job->Wv + ((P + 13) / 16 > 1 ? (P + 13) / 16 : 1);  /* row of d + lookahead */
     job->SD = 16 * job->Wd;
     job->amax = amax; job->bmax = bmax;
     job->RU = H + 2 * job->r + amax;
