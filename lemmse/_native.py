@@ -103,9 +103,10 @@ def load_kernel():
 def load_slide_kernel():
     """Return the ctypes function ``lemmse_slide_f32`` (sliding-window LE-MMSE), or ``None``.
 
-    Arguments: ``V, qs, B, C, H, W, P, U, X, N, shifts, T, gid, m, acc, band_rows, nthreads``
+    Arguments: ``V, qs, B, C, H, W, P, U, X, N, shifts, T, S, gid, m, acc, band_rows,
+    nthreads``
     (see the header of ``lemmse/_kernels/slide_avx512.c``).
     """
     return _load("slide_avx512", "lemmse_slide_f32",
-                 [_p, _p, _i64, _i64, _i64, _i64, _i64, _p, _p, _i64, _p, _i64, _p, _p, _p,
-                  _i64, _int])
+                 [_p, _p, _i64, _i64, _i64, _i64, _i64, _p, _p, _i64, _p, _i64, _i64, _p, _p,
+                  _p, _i64, _int])

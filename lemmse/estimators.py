@@ -51,6 +51,9 @@ from lemmse.engine import DEFAULT_MEMORY_BUDGET, LOG2E, KeyChunk, StreamingAtten
 from lemmse.operators import Denoising, Operator, preinverse as make_preinverse
 
 _CHUNK_BYTES = 64 << 20
+#: Shift groups of the sliding-window kernel (independent online-softmax states, merged at the
+#: end): work items for the threads even for a single query image.
+_SLIDE_GROUPS = 4
 
 __all__ = ["MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches"]
 
@@ -430,14 +433,21 @@ class _PatchAttention(_Estimator):
         return (fn, *self._slide_shifts())
 
     def _slide(self, y, s, fn, shifts, gid):
-        """x̂ by the sliding-window kernel, streaming the training set in chunks."""
+        """x̂ by the sliding-window kernel, streaming the training set in chunks.
+
+        The shifts are split into ``S`` fixed groups with their own online-softmax state (so a
+        single query image still gives ``S`` whole-image work items), merged here in float64;
+        ``S`` does not depend on the thread count, so neither does the result.
+        """
         Bn, C, H, W = y.shape
         SW = 16 * ((W + 15) // 16)
+        T = shifts.shape[0]
+        S = _SLIDE_GROUPS if T >= 16 * _SLIDE_GROUPS else 1
         with _single_thread():
             v = self._query_images(y).to(torch.float32).contiguous()
         qs = (-0.5 * LOG2E / s.double() ** 2).to(torch.float32).contiguous()
-        m = torch.full((Bn, H, SW), -math.inf, dtype=torch.float32)
-        acc = torch.zeros(Bn, H, C + 1, SW, dtype=torch.float64)
+        m = torch.full((Bn, S, H, SW), -math.inf, dtype=torch.float32)
+        acc = torch.zeros(Bn, S, H, C + 1, SW, dtype=torch.float64)
         step = self._images_per_chunk(3 * C * H * W * 4)  # keys, values, a temporary
         nthreads = torch.get_num_threads()
         g = 0 if gid is None else gid.data_ptr()
@@ -447,12 +457,17 @@ class _PatchAttention(_Estimator):
                 u = self._keys_images(x).to(torch.float32).contiguous()
             x = x.contiguous()
             rc = fn(v.data_ptr(), qs.data_ptr(), Bn, C, H, W, self.patch_size, u.data_ptr(),
-                    x.data_ptr(), x.shape[0], shifts.data_ptr(), shifts.shape[0], g,
-                    m.data_ptr(), acc.data_ptr(), int(self._slide_band_rows), nthreads)
+                    x.data_ptr(), x.shape[0], shifts.data_ptr(), T, S, g, m.data_ptr(),
+                    acc.data_ptr(), int(self._slide_band_rows), nthreads)
             if rc != 0:
                 raise RuntimeError(f"sliding-window kernel failed with code {rc} (B={Bn}, C={C}, "
                                    f"H={H}, W={W}, P={self.patch_size}); use backend='torch'")
-        out = acc[:, :, 1:, :W] / acc[:, :, :1, :W]  # [B, H, C, W]
+        # merge the S groups: sums rescaled to the largest running maximum (base 2)
+        m = m[..., :W].double()
+        top = m.amax(1, keepdim=True)
+        scale = torch.exp2(m - top).nan_to_num_(0.0)  # a group that saw no admissible key: 0
+        acc = (acc[..., :W] * scale[:, :, :, None]).sum(1)  # [B, H, C+1, W]
+        out = acc[:, :, 1:] / acc[:, :, :1]  # [B, H, C, W]
         return out.permute(0, 2, 1, 3).to(self.dtype).contiguous()
 
     def posterior(self, y, sigma, topk=8):

@@ -256,12 +256,13 @@ def test_kernel_rejects_bad_arguments():
     acc = torch.zeros(1, 5, 2, 16, dtype=F64)
     shifts = torch.zeros(1, 2, dtype=torch.int32)
 
-    def call(C=1, P=3, sh=shifts, N=1):
+    def call(C=1, P=3, sh=shifts, N=1, S=1):
         return fn(V.data_ptr(), qs.data_ptr(), 1, C, 5, 5, P, V.data_ptr(), V.data_ptr(), N,
-                  sh.data_ptr(), sh.shape[0], None, m.data_ptr(), acc.data_ptr(), 0, 1)
+                  sh.data_ptr(), sh.shape[0], S, None, m.data_ptr(), acc.data_ptr(), 0, 1)
 
     assert call() == 0
-    assert call(C=5) == 1
+    assert call(C=5) == 1 and call(C=0) == 1
+    assert call(S=2) == 1  # more shift groups than shifts
     assert call(P=4) == 2 and call(P=7) == 2
     assert call(sh=torch.tensor([[5, 0]], dtype=torch.int32)) == 3
     assert call(sh=torch.tensor([[0, -1]], dtype=torch.int32)) == 3

@@ -22,19 +22,25 @@
  * Layout (arguments):
  *   V      [B][C][H][W]   query images          qs [B]  s_q of each query image
  *   U, X   [N][C][H][W]   key images and clean values of a chunk of training images
- *   shifts [T][2]         (a, b), 0 <= a < H, 0 <= b < W, processed in this order
+ *   shifts [T][2]         (a, b), 0 <= a < H, 0 <= b < W, processed in this order, split
+ *                         into S consecutive groups g = 0..S-1 of T/S shifts, each with its
+ *                         own state (the caller merges the S states; S is fixed by the caller
+ *                         independently of the thread count, so that a single query image
+ *                         still makes S whole-image work items)
  *   gid    [H][W]         int32 position groups, or NULL (all pairs admissible)
  * State (read and updated in place, so the caller streams chunks of training images):
- *   m   [B][H][SW]        running maximum of the logits (base 2), -inf initially
- *   acc [B][H][C+1][SW]   float64 sums: denominator sum 2^(l-m), then the C numerators
- *   SW = 16 ceil(W / 16)  (lanes >= W are padding)
+ *   m   [B][S][H][SW]        running maximum of the logits (base 2), -inf initially
+ *   acc [B][S][H][C+1][SW]   float64 sums: denominator sum 2^(l-m), then the C numerators
+ *   SW = 16 ceil(W / 16)     (lanes >= W are padding)
  * Online softmax per lane: the running maximum is raised (and the sums rescaled) only when a
  * logit exceeds it by SLACK, one exp2 per pair.  The per-pair sums are made in fp32 and folded
  * into the float64 state every MERGE_TERMS shifts (an fp32 sum of 10^7 terms would stall, and
  * short fp32 sums keep the rounding error of the sums near 2^-24).
  *
- * Work items are (query image, band of rows), taken from a shared counter by plain POSIX
- * threads; each item runs over the whole chunk in (n, t) order.  Per item and training image
+ * Work items are (query image, shift group, band of rows), taken from a shared counter by plain
+ * POSIX threads; each item runs over the whole chunk in (n, t) order.  A whole-image item
+ * computes each row pair of the horizontal pass once and copies the 2r circular halo rows;
+ * a band recomputes them.  Per item and training image
  * the key and value images are copied into circularly tiled buffers (all sizes L1/L2), so no
  * index needs a modulo in the inner loops.  Workers run with flush-to-zero and
  * denormals-are-zero (far keys give weights below 2^-126; denormal arithmetic is ~100x slower).
@@ -57,7 +63,7 @@ typedef struct {
     const int32_t *shifts, *gid;
     float *m;
     double *acc;
-    int64_t B, C, H, W, P, r, N, T, R, nbands, nitems;
+    int64_t B, C, H, W, P, r, N, T, S, R, nbands, nitems;
     int64_t SW, Wv, SD, Wd, RU, SU, RX, SX, amax, bmax;
     atomic_llong next;
     atomic_int err;
@@ -128,7 +134,11 @@ horizontal(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, int64_t a, 
     const int64_t VPS = (J->H + 2 * r) * SD, UTS = J->RU * SU;
     float *drow = bf->drow;
     const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    for (int64_t yy = 0; yy < Rb + 2 * r; yy++) {
+    /* whole image: rows r .. r + H - 1 are all the distinct row pairs; the halo rows above and
+       below are the same row pairs (circularly), copied after the loop */
+    const int whole = Rb == J->H;
+    const int64_t ylo = whole ? r : 0, yhi = whole ? r + Rb : Rb + 2 * r;
+    for (int64_t yy = ylo; yy < yhi; yy++) {
         const float *vr = bf->Vp + (y0 + yy) * SD;
         const float *ur = bf->Ut + (y0 + yy + a) * SU + bb;
         float *hr = h + yy * SW;
@@ -160,98 +170,131 @@ horizontal(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, int64_t a, 
             _mm512_store_ps(hr + xv * 16, acc);
         }
     }
+    if (whole) {  /* halo rows: row yy and row yy + H are the same row pair */
+        const int64_t H = J->H;
+        for (int64_t yy = 0; yy < r; yy++)
+            memcpy(h + yy * SW, h + (yy + H) * SW, (size_t)SW * sizeof(float));
+        for (int64_t yy = r + H; yy < H + 2 * r; yy++)
+            memcpy(h + yy * SW, h + (yy - H) * SW, (size_t)SW * sizeof(float));
+    }
 }
 
-/* One training image, all shifts, rows [y0, y0 + Rb) of one query image.  Shifts go in blocks
-   of up to KB: the horizontal pass of each, then one vertical pass that keeps every query
-   pixel's state in registers across the block.  With nm = -m (minus the running maximum) the
-   base-2 logit relative to the maximum is x = dist * s + nm: one fma. */
+/* Vertical pass and online softmax update of NK shifts whose horizontal passes are in
+   hbuf[k]: each query pixel's state stays in registers across the NK shifts.  With nm = -m
+   (minus the running maximum) the base-2 logit relative to the maximum is x = dist * s + nm:
+   one fma.  All pointers are local (the may_alias vector stores would otherwise force reloads
+   of every pointer read through a struct). */
+static inline __attribute__((always_inline)) void
+vertical(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, float *mrow,
+         double *l2, const int64_t *sa, const int64_t *sb, const int C, const int G,
+         const int PP, const int NK) {
+    const int64_t P = PP ? PP : J->P, r = P / 2, SW = J->SW, Wv = J->Wv, SX = J->SX;
+    const int64_t XTS = J->RX * SX, HS = (J->R + 2 * r) * SW, LS = (C + 1) * SW;
+    float *const l1 = bf->l1;
+    const float *const hbuf = bf->hbuf;
+    const int32_t *const Gq = bf->Gq;
+    const float *xk[4];
+    const int32_t *gk[4];
+    for (int k = 0; k < NK; k++) {
+        xk[k] = bf->Xt + (y0 + sa[k]) * SX + sb[k];
+        gk[k] = G ? bf->Gt + (y0 + sa[k]) * SX + sb[k] : NULL;
+    }
+    const __m512 slack = _mm512_set1_ps(SLACK), floor2 = _mm512_set1_ps(-256.0f);
+    const __m512 neg0 = _mm512_set1_ps(-0.0f);
+    for (int64_t y = 0; y < Rb; y++) {
+        for (int64_t xv = 0; xv < Wv; xv++) {
+            const int64_t oh = y * SW + xv * 16, ox = y * SX + xv * 16;
+            float *mp = mrow + oh;
+            float *lp = l1 + y * LS + xv * 16;
+            __m512 nm = _mm512_xor_ps(_mm512_loadu_ps(mp), neg0);
+            __m512 st[5];
+            for (int c = 0; c <= C; c++) st[c] = _mm512_load_ps(lp + c * SW);
+            for (int k = 0; k < NK; k++) {
+                const float *hk = hbuf + k * HS + oh;
+                __m512 dist = _mm512_load_ps(hk);
+                for (int64_t j = 1; j < P; j++)
+                    dist = _mm512_add_ps(dist, _mm512_load_ps(hk + j * SW));
+                __m512 x = _mm512_fmadd_ps(dist, s, nm);
+                __mmask16 adm = 0xFFFF;
+                if (G)
+                    adm = _mm512_cmpeq_epi32_mask(_mm512_load_si512(Gq + (y0 + y) * SW + xv * 16),
+                                                  _mm512_loadu_si512(gk[k] + ox));
+                __mmask16 big = _mm512_mask_cmp_ps_mask(adm, x, slack, _CMP_GT_OQ);
+                if (big) {  /* raise the running maximum of these lanes, rescale their sums */
+                    __m512 l = _mm512_mul_ps(dist, s);
+                    __m512 nn = _mm512_mask_xor_ps(nm, big, l, neg0);  /* -l */
+                    __m512 sc = exp2_ps(_mm512_max_ps(_mm512_sub_ps(nn, nm), floor2));
+                    for (int c = 0; c <= C; c++) st[c] = _mm512_mul_ps(st[c], sc);
+                    __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sc));
+                    __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(
+                        _mm512_extractf64x4_pd(_mm512_castps_pd(sc), 1)));
+                    double *gp = l2 + y * LS + xv * 16;
+                    for (int c = 0; c <= C; c++) {
+                        __m512d g0 = _mm512_loadu_pd(gp + c * SW);
+                        __m512d g1 = _mm512_loadu_pd(gp + c * SW + 8);
+                        _mm512_storeu_pd(gp + c * SW,
+                                         _mm512_mask_mul_pd(g0, (__mmask8)big, g0, slo));
+                        _mm512_storeu_pd(gp + c * SW + 8, _mm512_mask_mul_pd(
+                                             g1, (__mmask8)(big >> 8), g1, shi));
+                    }
+                    nm = nn;
+                    x = _mm512_fmadd_ps(dist, s, nm);
+                }
+                __m512 e = exp2_ps(x);
+                if (G) e = _mm512_maskz_mov_ps(adm, e);
+                st[0] = _mm512_add_ps(st[0], e);
+                for (int c = 0; c < C; c++)
+                    st[c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(xk[k] + c * XTS + ox),
+                                                st[c + 1]);
+            }
+            for (int c = 0; c <= C; c++) _mm512_store_ps(lp + c * SW, st[c]);
+            _mm512_storeu_ps(mp, _mm512_xor_ps(nm, neg0));
+        }
+    }
+}
+
+/* One training image, all shifts, rows [y0, y0 + Rb) of one query image, in blocks of KB
+   shifts (the horizontal pass of each, then one vertical pass for the block). */
 #define KB 4
 static inline __attribute__((always_inline)) void
 shifts_body(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, float *mrow,
-            double *l2, int64_t *pending, const int C, const int G, const int PP) {
-    const int64_t P = PP ? PP : J->P, r = P / 2, SW = J->SW, Wv = J->Wv, SX = J->SX;
-    const int64_t XTS = J->RX * SX, HS = (J->R + 2 * r) * SW;
-    const int64_t LS = (C + 1) * SW;
-    float *l1 = bf->l1;
-    const __m512 slack = _mm512_set1_ps(SLACK), floor2 = _mm512_set1_ps(-256.0f);
-    const __m512 neg0 = _mm512_set1_ps(-0.0f);
-    for (int64_t t0 = 0; t0 < J->T; t0 += KB) {
-        const int nk = J->T - t0 < KB ? (int)(J->T - t0) : KB;
+            double *l2, int64_t *pending, const int32_t *shifts, int64_t T, const int C,
+            const int G, const int PP) {
+    const int64_t P = PP ? PP : J->P, HS = (J->R + 2 * (P / 2)) * J->SW;
+    float *const hbuf = bf->hbuf;
+    for (int64_t t0 = 0; t0 < T; t0 += KB) {
+        const int nk = T - t0 < KB ? (int)(T - t0) : KB;
         int64_t sa[KB], sb[KB];
         for (int k = 0; k < nk; k++) {
-            sa[k] = J->shifts[2 * (t0 + k)];
-            sb[k] = J->shifts[2 * (t0 + k) + 1];
-            horizontal(J, bf, y0, Rb, sa[k], sb[k], bf->hbuf + k * HS, C, PP);
+            sa[k] = shifts[2 * (t0 + k)];
+            sb[k] = shifts[2 * (t0 + k) + 1];
+            horizontal(J, bf, y0, Rb, sa[k], sb[k], hbuf + k * HS, C, PP);
         }
-        for (int64_t y = 0; y < Rb; y++) {
-            for (int64_t xv = 0; xv < Wv; xv++) {
-                float *mp = mrow + y * SW + xv * 16;
-                float *lp = l1 + y * LS + xv * 16;
-                __m512 nm = _mm512_xor_ps(_mm512_loadu_ps(mp), neg0);
-                __m512 st[C + 1];
-                for (int c = 0; c <= C; c++) st[c] = _mm512_load_ps(lp + c * SW);
-                for (int k = 0; k < nk; k++) {
-                    const float *hk = bf->hbuf + k * HS + y * SW + xv * 16;
-                    __m512 dist = _mm512_load_ps(hk);
-                    for (int64_t j = 1; j < P; j++)
-                        dist = _mm512_add_ps(dist, _mm512_load_ps(hk + j * SW));
-                    __m512 x = _mm512_fmadd_ps(dist, s, nm);
-                    __mmask16 adm = 0xFFFF;
-                    if (G) {
-                        __m512i gq = _mm512_load_si512(bf->Gq + (y0 + y) * SW + xv * 16);
-                        __m512i gk = _mm512_loadu_si512(bf->Gt + (y0 + y + sa[k]) * SX + sb[k]
-                                                        + xv * 16);
-                        adm = _mm512_cmpeq_epi32_mask(gq, gk);
-                    }
-                    __mmask16 big = _mm512_mask_cmp_ps_mask(adm, x, slack, _CMP_GT_OQ);
-                    if (big) {  /* raise the running maximum of these lanes, rescale sums */
-                        __m512 l = _mm512_mul_ps(dist, s);
-                        __m512 nn = _mm512_mask_xor_ps(nm, big, l, neg0);  /* -l */
-                        __m512 sc = exp2_ps(_mm512_max_ps(_mm512_sub_ps(nn, nm), floor2));
-                        for (int c = 0; c <= C; c++) st[c] = _mm512_mul_ps(st[c], sc);
-                        __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sc));
-                        __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(
-                            _mm512_extractf64x4_pd(_mm512_castps_pd(sc), 1)));
-                        double *gp = l2 + y * LS + xv * 16;
-                        for (int c = 0; c <= C; c++) {
-                            __m512d g0 = _mm512_loadu_pd(gp + c * SW);
-                            __m512d g1 = _mm512_loadu_pd(gp + c * SW + 8);
-                            _mm512_storeu_pd(gp + c * SW,
-                                             _mm512_mask_mul_pd(g0, (__mmask8)big, g0, slo));
-                            _mm512_storeu_pd(gp + c * SW + 8, _mm512_mask_mul_pd(
-                                                 g1, (__mmask8)(big >> 8), g1, shi));
-                        }
-                        nm = nn;
-                        x = _mm512_fmadd_ps(dist, s, nm);
-                    }
-                    __m512 e = exp2_ps(x);
-                    if (G) e = _mm512_maskz_mov_ps(adm, e);
-                    st[0] = _mm512_add_ps(st[0], e);
-                    const float *xr = bf->Xt + (y0 + y + sa[k]) * SX + sb[k] + xv * 16;
-                    for (int c = 0; c < C; c++)
-                        st[c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(xr + c * XTS), st[c + 1]);
-                }
-                for (int c = 0; c <= C; c++) _mm512_store_ps(lp + c * SW, st[c]);
-                _mm512_storeu_ps(mp, _mm512_xor_ps(nm, neg0));
+        if (nk == KB) {
+            vertical(J, bf, y0, Rb, s, mrow, l2, sa, sb, C, G, PP, KB);
+        } else {
+            for (int k = 0; k < nk; k++) {
+                bufs_t one = *bf;
+                one.hbuf = hbuf + k * HS;
+                vertical(J, &one, y0, Rb, s, mrow, l2, sa + k, sb + k, C, G, PP, 1);
             }
         }
         *pending += nk;
         if (*pending >= MERGE_TERMS) {
-            merge(J, l1, l2, Rb);
+            merge(J, bf->l1, l2, Rb);
             *pending = 0;
         }
     }
 }
 
 typedef void (*shifts_fn)(const job_t *, const bufs_t *, int64_t, int64_t, __m512, float *,
-                          double *, int64_t *);
+                          double *, int64_t *, const int32_t *, int64_t);
 /* specialised on the channels C, the use of position groups G and the patch size (0: any) */
 #define DEFINE_SHIFTS(C, G, P)                                                                 \
     static void shifts_##C##_##G##_##P(const job_t *J, const bufs_t *bf, int64_t y0,           \
                                        int64_t Rb, __m512 s, float *mrow, double *l2,          \
-                                       int64_t *pending) {                                     \
-        shifts_body(J, bf, y0, Rb, s, mrow, l2, pending, C, G, P);                              \
+                                       int64_t *pending, const int32_t *sh, int64_t T) {       \
+        shifts_body(J, bf, y0, Rb, s, mrow, l2, pending, sh, T, C, G, P);                       \
     }
 #define DEFINE_SHIFTS_C(C, G)                                                                  \
     DEFINE_SHIFTS(C, G, 0) DEFINE_SHIFTS(C, G, 3) DEFINE_SHIFTS(C, G, 5)                        \
@@ -277,15 +320,18 @@ static shifts_fn pick_shifts(int64_t C, int G, int64_t P) {
 
 static void run_item(const job_t *J, const bufs_t *bf, int64_t item) {
     const int64_t C = J->C, H = J->H, W = J->W, r = J->r, SW = J->SW;
-    const int64_t b = item / J->nbands, y0 = (item % J->nbands) * J->R;
+    /* item = (query image b, shift group g, band of rows from y0) */
+    const int64_t b = item / (J->S * J->nbands), g = item / J->nbands % J->S;
+    const int64_t y0 = (item % J->nbands) * J->R;
+    const int64_t t0 = g * J->T / J->S, t1 = (g + 1) * J->T / J->S;
     const int64_t Rb = J->R < H - y0 ? J->R : H - y0;
     const shifts_fn f = pick_shifts(C, J->gid != NULL, J->P);
     for (int64_t c = 0; c < C; c++)
         tile_f32(bf->Vp + c * (H + 2 * r) * J->SD, H + 2 * r, J->SD,
                  J->V + (b * C + c) * H * W, H, W, r);
     const __m512 s = _mm512_set1_ps(J->qs[b]);
-    float *mrow = J->m + (b * H + y0) * SW;
-    double *l2 = J->acc + (b * H + y0) * (C + 1) * SW;
+    float *mrow = J->m + ((b * J->S + g) * H + y0) * SW;
+    double *l2 = J->acc + ((b * J->S + g) * H + y0) * (C + 1) * SW;
     memset(bf->l1, 0, (size_t)(Rb * (C + 1) * SW) * sizeof(float));
     int64_t pending = 0;  /* shifts summed in l1 since the last merge */
     for (int64_t n = 0; n < J->N; n++) {
@@ -295,7 +341,7 @@ static void run_item(const job_t *J, const bufs_t *bf, int64_t item) {
             tile_f32(bf->Xt + c * J->RX * J->SX, J->RX, J->SX, J->X + (n * C + c) * H * W, H,
                      W, 0);
         }
-        f(J, bf, y0, Rb, s, mrow, l2, &pending);
+        if (t1 > t0) f(J, bf, y0, Rb, s, mrow, l2, &pending, J->shifts + 2 * t0, t1 - t0);
     }
     if (pending) merge(J, bf->l1, l2, Rb);
 }
@@ -348,7 +394,7 @@ static void *worker(void *arg) {
 /* Number of rows per work item: whole images when there are enough of them for the threads,
    else the fewest bands per image that make the item count a multiple of the thread count
    (each band recomputes 2r halo rows of the horizontal pass). */
-static int64_t auto_band_rows(int64_t B, int64_t H, int64_t r, int nthreads) {
+static int64_t auto_band_rows(int64_t B, int64_t H, int64_t r, int nthreads) {  /* B: items */
     if (nthreads <= 1 || B >= 4 * nthreads) return H;
     int64_t g = B, t = nthreads;
     while (t) { int64_t tmp = g % t; g = t; t = tmp; }  /* gcd(B, nthreads) */
@@ -362,9 +408,10 @@ static int64_t auto_band_rows(int64_t B, int64_t H, int64_t r, int nthreads) {
 /* Returns 0 on success, 1 bad sizes, 2 bad patch size, 3 bad shift, 4 out of memory. */
 int lemmse_slide_f32(const float *V, const float *qs, int64_t B, int64_t C, int64_t H,
                      int64_t W, int64_t P, const float *U, const float *X, int64_t N,
-                     const int32_t *shifts, int64_t T, const int32_t *gid, float *m,
-                     double *acc, int64_t band_rows, int nthreads) {
-    if (B < 1 || N < 0 || C < 1 || C > 4 || H < 1 || W < 1 || T < 1) return 1;
+                     const int32_t *shifts, int64_t T, int64_t S, const int32_t *gid,
+                     float *m, double *acc, int64_t band_rows, int nthreads) {
+    if (B < 1 || N < 0 || C < 1 || C > 4 || H < 1 || W < 1 || T < 1 || S < 1 || S > T)
+        return 1;
     if (P < 1 || P % 2 == 0 || P > H || P > W) return 2;
     int64_t amax = 0, bmax = 0;
     for (int64_t t = 0; t < T; t++) {
@@ -382,10 +429,11 @@ int lemmse_slide_f32(const float *V, const float *qs, int64_t B, int64_t C, int6
     job->m = m; job->acc = acc;
     job->B = B; job->C = C; job->H = H; job->W = W; job->P = P; job->r = P / 2; job->N = N;
     job->T = T;
+    job->S = S;
     job->R = band_rows > 0 ? (band_rows < H ? band_rows : H)
-                           : auto_band_rows(B, H, P / 2, nthreads);
+                           : auto_band_rows(B * S, H, P / 2, nthreads);
     job->nbands = (H + job->R - 1) / job->R;
-    job->nitems = B * job->nbands;
+    job->nitems = B * S * job->nbands;
     job->Wv = (W + 15) / 16;
     job->SW = 16 * job->Wv;
     job->Wd = job->Wv + ((P + 13) / 16 > 1 ? (P + 13) / 16 : 1);  /* row of d + lookahead */
