@@ -27,7 +27,8 @@ except ImportError:
 
 F32, F64 = torch.float32, torch.float64
 needs_slide = pytest.mark.skipif(_native.load_slide_kernel() is None,
-                                 reason="sliding-window kernel unavailable (no AVX-512 or no C compiler)")
+                                 reason="sliding-window kernel unavailable (no AVX-512 or no C "
+                                        "compiler)")
 
 
 def data(C, H, W, N, seed=0, B=2, noise=0.1):
@@ -72,8 +73,8 @@ SIZES = [(7, 7, 4), (9, 8, 3), (16, 16, 3), (28, 28, 2)]  # H, W, N
 def check(a, b, sigma, fresh=(0,)):
     """max |a - b| <= 1e-5, except for a fresh query image (far from every training patch) at
     σ = 0.01: there the nearest patch distances are O(1) and their fp32 resolution,
-    2⁻²⁴·d/(2σ²) ≈ 10⁻³ nats of logit, bounds what any fp32 computation can reach (the fp32
-    patch-attention path measures the same 1e-5..6e-5 there), so it gets 1e-4."""
+    2⁻²⁴·d/(2σ²) ≈ 10⁻³ nats of logit, bounds what any fp32 computation can reach
+    (the fp32 patch-attention path measures the same 1e-5..6e-5 there): it gets 1e-4."""
     err = (a.double() - b).abs().amax(dim=(1, 2, 3))
     s = torch.as_tensor(sigma, dtype=F64).expand(err.shape[0])
     tol = torch.full_like(err, 1e-5)

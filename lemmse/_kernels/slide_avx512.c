@@ -57,6 +57,8 @@
 
 #define SLACK 16.0f
 #define MERGE_TERMS 64
+#define PAIRS_FROM 9  /* P from which the vertical pass sums precomputed row pairs (below,
+                          the extra buffer costs more L1 room than the additions it saves) */
 
 typedef struct {
     const float *V, *qs, *U, *X;
@@ -177,6 +179,14 @@ horizontal(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, int64_t a, 
         for (int64_t yy = r + H; yy < H + 2 * r; yy++)
             memcpy(h + yy * SW, h + (yy - H) * SW, (size_t)SW * sizeof(float));
     }
+    if (P >= PAIRS_FROM) {  /* sums of two consecutive rows, for the vertical pass */
+        float *h2 = h + (J->R + 2 * r) * SW;
+        for (int64_t yy = 0; yy + 1 < Rb + 2 * r; yy++)
+            for (int64_t xv = 0; xv < Wv; xv++)
+                _mm512_store_ps(h2 + yy * SW + xv * 16,
+                                _mm512_add_ps(_mm512_load_ps(h + yy * SW + xv * 16),
+                                              _mm512_load_ps(h + (yy + 1) * SW + xv * 16)));
+    }
 }
 
 /* Vertical pass and online softmax update of NK shifts whose horizontal passes are in
@@ -189,7 +199,8 @@ vertical(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, flo
          double *l2, const int64_t *sa, const int64_t *sb, const int C, const int G,
          const int PP, const int NK) {
     const int64_t P = PP ? PP : J->P, r = P / 2, SW = J->SW, Wv = J->Wv, SX = J->SX;
-    const int64_t XTS = J->RX * SX, HS = (J->R + 2 * r) * SW, LS = (C + 1) * SW;
+    const int64_t XTS = J->RX * SX, HR = (J->R + 2 * r) * SW, LS = (C + 1) * SW;
+    const int64_t HS = (P >= PAIRS_FROM ? 2 : 1) * HR;
     float *const l1 = bf->l1;
     const float *const hbuf = bf->hbuf;
     const int32_t *const Gq = bf->Gq;
@@ -211,9 +222,17 @@ vertical(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, flo
             for (int c = 0; c <= C; c++) st[c] = _mm512_load_ps(lp + c * SW);
             for (int k = 0; k < NK; k++) {
                 const float *hk = hbuf + k * HS + oh;
-                __m512 dist = _mm512_load_ps(hk);
-                for (int64_t j = 1; j < P; j++)
-                    dist = _mm512_add_ps(dist, _mm512_load_ps(hk + j * SW));
+                __m512 dist;
+                if (P >= PAIRS_FROM) {  /* (h[y] + h[y+1]) + (h[y+2] + h[y+3]) + ... */
+                    dist = _mm512_load_ps(hk + HR);
+                    for (int64_t j = 2; j < P - 1; j += 2)
+                        dist = _mm512_add_ps(dist, _mm512_load_ps(hk + HR + j * SW));
+                    dist = _mm512_add_ps(dist, _mm512_load_ps(hk + (P - 1) * SW));
+                } else {
+                    dist = _mm512_load_ps(hk);
+                    for (int64_t j = 1; j < P; j++)
+                        dist = _mm512_add_ps(dist, _mm512_load_ps(hk + j * SW));
+                }
                 __m512 x = _mm512_fmadd_ps(dist, s, nm);
                 __mmask16 adm = 0xFFFF;
                 if (G)
@@ -260,7 +279,8 @@ static inline __attribute__((always_inline)) void
 shifts_body(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, float *mrow,
             double *l2, int64_t *pending, const int32_t *shifts, int64_t T, const int C,
             const int G, const int PP) {
-    const int64_t P = PP ? PP : J->P, HS = (J->R + 2 * (P / 2)) * J->SW;
+    const int64_t P = PP ? PP : J->P;
+    const int64_t HS = (P >= PAIRS_FROM ? 2 : 1) * (J->R + 2 * (P / 2)) * J->SW;
     float *const hbuf = bf->hbuf;
     for (int64_t t0 = 0; t0 < T; t0 += KB) {
         const int nk = T - t0 < KB ? (int)(T - t0) : KB;
@@ -363,7 +383,7 @@ static void *worker(void *arg) {
     bf.Ut = fallible_alloc(sizeof(float) * (size_t)(C * J->RU * J->SU));
     bf.Xt = fallible_alloc(sizeof(float) * (size_t)(C * J->RX * J->SX));
     bf.drow = fallible_alloc(sizeof(float) * (size_t)(J->SD + 16));
-    bf.hbuf = fallible_alloc(sizeof(float) * (size_t)(KB * (J->R + 2 * r) * J->SW));
+    bf.hbuf = fallible_alloc(sizeof(float) * (size_t)(2 * KB * (J->R + 2 * r) * J->SW));
     bf.l1 = fallible_alloc(sizeof(float) * (size_t)(J->R * (C + 1) * J->SW));
     bf.Gq = bf.Gt = NULL;
     int ok = bf.Vp && bf.Ut && bf.Xt && bf.drow && bf.hbuf && bf.l1;
