@@ -6,7 +6,10 @@ Run:  .venv/bin/python benchmarks/bench_engine.py            (default sizes, ~5 
 Needs the data under LEMMSE_DATA (or ../shared/data).
 
 For each setting it prints
-- the LE-MMSE throughput in GFLOP/s, counted as 2 * queries * keys * D (the distance work only);
+- the LE-MMSE throughput in GFLOP/s, counted as 2 * queries * keys * D (the distance work only),
+  and which path computed it (``slide``: the sliding-window kernel, whose real work per pair is
+  about 2C + 2P additions, so its GFLOP/s is an equivalent figure; ``attention``: the patch
+  attention of lemmse.engine) with its (query pixel, key) pairs per second;
 - the GFLOP/s of a square fp32 torch matrix product (2048 x 2048) measured in the same run, and
   the ratio of the two;
 - the time of a plain baseline written here (chunked GEMM + exp + running max, no fusion) on
@@ -140,6 +143,7 @@ def run_setting(name, setting, args):
     t = time.perf_counter()
     x_hat = est(y, args.sigma)
     t_le = time.perf_counter() - t
+    path = getattr(est, "_last_path", "attention")  # "slide": the sliding-window kernel
     gflops = 2 * queries * keys * D / t_le / 1e9
     peak = _peak_mib()  # the process's peak during the call (data loading excluded)
     # plain baseline vs engine on the same restricted problem
@@ -165,6 +169,7 @@ def run_setting(name, setting, args):
             "speedup": t_base / t_eng, "baseline_agree": agree, "err_f64": err,
             "error_n": ne, "peak_mib": peak, "before_mib": base_mib, "backend": lemmse.engine.choose_backend(
                 D, est.C, torch.float32, torch.device("cpu")),
+            "path": path, "pairs_per_s": queries * keys / t_le,
             "psnr_mean": float(lemmse.psnr(x_hat.clamp(0, 1), x).mean())}
 
 
@@ -207,6 +212,9 @@ def main(argv=None):
               f"baseline x{r['speedup']:.1f} ({r['baseline_s']:.2f} s vs {r['engine_small_s']:.2f} s"
               f" on N={r['baseline_n']})  err64 {r['err_f64']:.1e}  peak {r['peak_mib']:.0f} MiB"
               f" (RSS before the call {r['before_mib']:.0f} MiB)  matmul {mm[-1]:.0f} GFLOP/s",
+              flush=True)
+        print(f"{'':28s} path {r.get('path', '?')}: {r.get('pairs_per_s', float('nan')):.3e} "
+              f"(query pixel, key) pairs/s (GFLOP/s counts 2·D flops per pair whatever the path)",
               flush=True)
     ref = sorted(mm)[len(mm) // 2]
     print(f"\nfp32 matmul 2048^2: median {ref:.1f} GFLOP/s over {len(mm)} measurements "

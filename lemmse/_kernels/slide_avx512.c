@@ -57,8 +57,6 @@
 
 #define SLACK 16.0f
 #define MERGE_TERMS 64
-#define PAIRS_FROM 9  /* P from which the vertical pass sums precomputed row pairs (below,
-                          the extra buffer costs more L1 room than the additions it saves) */
 
 typedef struct {
     const float *V, *qs, *U, *X;
@@ -179,28 +177,56 @@ horizontal(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, int64_t a, 
         for (int64_t yy = r + H; yy < H + 2 * r; yy++)
             memcpy(h + yy * SW, h + (yy - H) * SW, (size_t)SW * sizeof(float));
     }
-    if (P >= PAIRS_FROM) {  /* sums of two consecutive rows, for the vertical pass */
-        float *h2 = h + (J->R + 2 * r) * SW;
-        for (int64_t yy = 0; yy + 1 < Rb + 2 * r; yy++)
-            for (int64_t xv = 0; xv < Wv; xv++)
-                _mm512_store_ps(h2 + yy * SW + xv * 16,
-                                _mm512_add_ps(_mm512_load_ps(h + yy * SW + xv * 16),
-                                              _mm512_load_ps(h + (yy + 1) * SW + xv * 16)));
+}
+
+/* Online softmax update of one query row's 16 lanes with the distances of one shift. */
+static inline __attribute__((always_inline)) void
+update(__m512 dist, __m512 s, __m512 *nm, __m512 *st, __mmask16 adm, const float *xr,
+       int64_t XTS, double *gp, int64_t SW, const int C, const int G) {
+    const __m512 slack = _mm512_set1_ps(SLACK), floor2 = _mm512_set1_ps(-256.0f);
+    const __m512 neg0 = _mm512_set1_ps(-0.0f);
+    __m512 x = _mm512_fmadd_ps(dist, s, *nm);
+    __mmask16 big = _mm512_mask_cmp_ps_mask(adm, x, slack, _CMP_GT_OQ);
+    if (big) {  /* raise the running maximum of these lanes, rescale their sums */
+        __m512 l = _mm512_mul_ps(dist, s);
+        __m512 nn = _mm512_mask_xor_ps(*nm, big, l, neg0);  /* -l */
+        __m512 sc = exp2_ps(_mm512_max_ps(_mm512_sub_ps(nn, *nm), floor2));
+        for (int c = 0; c <= C; c++) st[c] = _mm512_mul_ps(st[c], sc);
+        __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sc));
+        __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(
+            _mm512_extractf64x4_pd(_mm512_castps_pd(sc), 1)));
+        for (int c = 0; c <= C; c++) {
+            __m512d g0 = _mm512_loadu_pd(gp + c * SW);
+            __m512d g1 = _mm512_loadu_pd(gp + c * SW + 8);
+            _mm512_storeu_pd(gp + c * SW, _mm512_mask_mul_pd(g0, (__mmask8)big, g0, slo));
+            _mm512_storeu_pd(gp + c * SW + 8,
+                             _mm512_mask_mul_pd(g1, (__mmask8)(big >> 8), g1, shi));
+        }
+        *nm = nn;
+        x = _mm512_fmadd_ps(dist, s, nn);
     }
+    __m512 e = exp2_ps(x);
+    if (G) e = _mm512_maskz_mov_ps(adm, e);
+    st[0] = _mm512_add_ps(st[0], e);
+    for (int c = 0; c < C; c++)
+        st[c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(xr + c * XTS), st[c + 1]);
 }
 
 /* Vertical pass and online softmax update of NK shifts whose horizontal passes are in
-   hbuf[k]: each query pixel's state stays in registers across the NK shifts.  With nm = -m
-   (minus the running maximum) the base-2 logit relative to the maximum is x = dist * s + nm:
-   one fma.  All pointers are local (the may_alias vector stores would otherwise force reloads
-   of every pointer read through a struct). */
+   hbuf[k].  Rows go in pairs (y, y + 1), y even in image coordinates (bands start on even
+   rows): the pair shares the P - 1 middle rows of its two P-row box sums,
+       common = h[y+1] + ... + h[y+P-1],  Dist[y] = common + h[y],  Dist[y+1] = common + h[y+P],
+   and a row without a partner (odd row count) computes Dist[y] the same way, so every pixel's
+   distance is the same sum in the same order whatever the work split.  Each pixel's state
+   stays in registers across the NK shifts.  With nm = -m (minus the running maximum) the
+   base-2 logit relative to the maximum is x = dist * s + nm: one fma.  All pointers are local
+   (the may_alias vector stores would otherwise force reloads of pointers read via a struct). */
 static inline __attribute__((always_inline)) void
 vertical(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, float *mrow,
          double *l2, const int64_t *sa, const int64_t *sb, const int C, const int G,
          const int PP, const int NK) {
     const int64_t P = PP ? PP : J->P, r = P / 2, SW = J->SW, Wv = J->Wv, SX = J->SX;
-    const int64_t XTS = J->RX * SX, HR = (J->R + 2 * r) * SW, LS = (C + 1) * SW;
-    const int64_t HS = (P >= PAIRS_FROM ? 2 : 1) * HR;
+    const int64_t XTS = J->RX * SX, HS = (J->R + 2 * r) * SW, LS = (C + 1) * SW;
     float *const l1 = bf->l1;
     const float *const hbuf = bf->hbuf;
     const int32_t *const Gq = bf->Gq;
@@ -210,64 +236,52 @@ vertical(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, flo
         xk[k] = bf->Xt + (y0 + sa[k]) * SX + sb[k];
         gk[k] = G ? bf->Gt + (y0 + sa[k]) * SX + sb[k] : NULL;
     }
-    const __m512 slack = _mm512_set1_ps(SLACK), floor2 = _mm512_set1_ps(-256.0f);
     const __m512 neg0 = _mm512_set1_ps(-0.0f);
-    for (int64_t y = 0; y < Rb; y++) {
+    for (int64_t y = 0; y < Rb; y += 2) {
+        const int two = y + 1 < Rb;
         for (int64_t xv = 0; xv < Wv; xv++) {
             const int64_t oh = y * SW + xv * 16, ox = y * SX + xv * 16;
             float *mp = mrow + oh;
             float *lp = l1 + y * LS + xv * 16;
-            __m512 nm = _mm512_xor_ps(_mm512_loadu_ps(mp), neg0);
-            __m512 st[5];
-            for (int c = 0; c <= C; c++) st[c] = _mm512_load_ps(lp + c * SW);
+            double *gp = l2 + y * LS + xv * 16;
+            __m512 nm0 = _mm512_xor_ps(_mm512_loadu_ps(mp), neg0), nm1 = nm0;
+            __m512 st0[5], st1[5];
+            for (int c = 0; c <= C; c++) st0[c] = st1[c] = _mm512_load_ps(lp + c * SW);
+            if (two) {
+                nm1 = _mm512_xor_ps(_mm512_loadu_ps(mp + SW), neg0);
+                for (int c = 0; c <= C; c++) st1[c] = _mm512_load_ps(lp + LS + c * SW);
+            }
             for (int k = 0; k < NK; k++) {
                 const float *hk = hbuf + k * HS + oh;
-                __m512 dist;
-                if (P >= PAIRS_FROM) {  /* (h[y] + h[y+1]) + (h[y+2] + h[y+3]) + ... */
-                    dist = _mm512_load_ps(hk + HR);
-                    for (int64_t j = 2; j < P - 1; j += 2)
-                        dist = _mm512_add_ps(dist, _mm512_load_ps(hk + HR + j * SW));
-                    dist = _mm512_add_ps(dist, _mm512_load_ps(hk + (P - 1) * SW));
-                } else {
-                    dist = _mm512_load_ps(hk);
-                    for (int64_t j = 1; j < P; j++)
-                        dist = _mm512_add_ps(dist, _mm512_load_ps(hk + j * SW));
+                __m512 common = _mm512_setzero_ps();
+                if (P > 1) {
+                    common = _mm512_load_ps(hk + SW);
+                    for (int64_t j = 2; j < P; j++)
+                        common = _mm512_add_ps(common, _mm512_load_ps(hk + j * SW));
                 }
-                __m512 x = _mm512_fmadd_ps(dist, s, nm);
-                __mmask16 adm = 0xFFFF;
-                if (G)
-                    adm = _mm512_cmpeq_epi32_mask(_mm512_load_si512(Gq + (y0 + y) * SW + xv * 16),
-                                                  _mm512_loadu_si512(gk[k] + ox));
-                __mmask16 big = _mm512_mask_cmp_ps_mask(adm, x, slack, _CMP_GT_OQ);
-                if (big) {  /* raise the running maximum of these lanes, rescale their sums */
-                    __m512 l = _mm512_mul_ps(dist, s);
-                    __m512 nn = _mm512_mask_xor_ps(nm, big, l, neg0);  /* -l */
-                    __m512 sc = exp2_ps(_mm512_max_ps(_mm512_sub_ps(nn, nm), floor2));
-                    for (int c = 0; c <= C; c++) st[c] = _mm512_mul_ps(st[c], sc);
-                    __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sc));
-                    __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(
-                        _mm512_extractf64x4_pd(_mm512_castps_pd(sc), 1)));
-                    double *gp = l2 + y * LS + xv * 16;
-                    for (int c = 0; c <= C; c++) {
-                        __m512d g0 = _mm512_loadu_pd(gp + c * SW);
-                        __m512d g1 = _mm512_loadu_pd(gp + c * SW + 8);
-                        _mm512_storeu_pd(gp + c * SW,
-                                         _mm512_mask_mul_pd(g0, (__mmask8)big, g0, slo));
-                        _mm512_storeu_pd(gp + c * SW + 8, _mm512_mask_mul_pd(
-                                             g1, (__mmask8)(big >> 8), g1, shi));
-                    }
-                    nm = nn;
-                    x = _mm512_fmadd_ps(dist, s, nm);
+                __m512 d0 = P > 1 ? _mm512_add_ps(common, _mm512_load_ps(hk)) : _mm512_load_ps(hk);
+                __mmask16 adm0 = 0xFFFF, adm1 = 0xFFFF;
+                if (G) {
+                    const int32_t *gq = Gq + (y0 + y) * SW + xv * 16;
+                    adm0 = _mm512_cmpeq_epi32_mask(_mm512_load_si512(gq),
+                                                   _mm512_loadu_si512(gk[k] + ox));
+                    if (two)
+                        adm1 = _mm512_cmpeq_epi32_mask(_mm512_load_si512(gq + SW),
+                                                       _mm512_loadu_si512(gk[k] + ox + SX));
                 }
-                __m512 e = exp2_ps(x);
-                if (G) e = _mm512_maskz_mov_ps(adm, e);
-                st[0] = _mm512_add_ps(st[0], e);
-                for (int c = 0; c < C; c++)
-                    st[c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(xk[k] + c * XTS + ox),
-                                                st[c + 1]);
+                update(d0, s, &nm0, st0, adm0, xk[k] + ox, XTS, gp, SW, C, G);
+                if (two) {
+                    __m512 d1 = P > 1 ? _mm512_add_ps(common, _mm512_load_ps(hk + P * SW))
+                                      : _mm512_load_ps(hk + SW);
+                    update(d1, s, &nm1, st1, adm1, xk[k] + ox + SX, XTS, gp + LS, SW, C, G);
+                }
             }
-            for (int c = 0; c <= C; c++) _mm512_store_ps(lp + c * SW, st[c]);
-            _mm512_storeu_ps(mp, _mm512_xor_ps(nm, neg0));
+            for (int c = 0; c <= C; c++) _mm512_store_ps(lp + c * SW, st0[c]);
+            _mm512_storeu_ps(mp, _mm512_xor_ps(nm0, neg0));
+            if (two) {
+                for (int c = 0; c <= C; c++) _mm512_store_ps(lp + LS + c * SW, st1[c]);
+                _mm512_storeu_ps(mp + SW, _mm512_xor_ps(nm1, neg0));
+            }
         }
     }
 }
@@ -279,8 +293,7 @@ static inline __attribute__((always_inline)) void
 shifts_body(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, float *mrow,
             double *l2, int64_t *pending, const int32_t *shifts, int64_t T, const int C,
             const int G, const int PP) {
-    const int64_t P = PP ? PP : J->P;
-    const int64_t HS = (P >= PAIRS_FROM ? 2 : 1) * (J->R + 2 * (P / 2)) * J->SW;
+    const int64_t P = PP ? PP : J->P, HS = (J->R + 2 * (P / 2)) * J->SW;
     float *const hbuf = bf->hbuf;
     for (int64_t t0 = 0; t0 < T; t0 += KB) {
         const int nk = T - t0 < KB ? (int)(T - t0) : KB;
@@ -383,7 +396,7 @@ static void *worker(void *arg) {
     bf.Ut = fallible_alloc(sizeof(float) * (size_t)(C * J->RU * J->SU));
     bf.Xt = fallible_alloc(sizeof(float) * (size_t)(C * J->RX * J->SX));
     bf.drow = fallible_alloc(sizeof(float) * (size_t)(J->SD + 16));
-    bf.hbuf = fallible_alloc(sizeof(float) * (size_t)(2 * KB * (J->R + 2 * r) * J->SW));
+    bf.hbuf = fallible_alloc(sizeof(float) * (size_t)(KB * (J->R + 2 * r) * J->SW));
     bf.l1 = fallible_alloc(sizeof(float) * (size_t)(J->R * (C + 1) * J->SW));
     bf.Gq = bf.Gt = NULL;
     int ok = bf.Vp && bf.Ut && bf.Xt && bf.drow && bf.hbuf && bf.l1;
@@ -450,8 +463,9 @@ int lemmse_slide_f32(const float *V, const float *qs, int64_t B, int64_t C, int6
     job->B = B; job->C = C; job->H = H; job->W = W; job->P = P; job->r = P / 2; job->N = N;
     job->T = T;
     job->S = S;
-    job->R = band_rows > 0 ? (band_rows < H ? band_rows : H)
-                           : auto_band_rows(B * S, H, P / 2, nthreads);
+    job->R = band_rows > 0 ? band_rows : auto_band_rows(B * S, H, P / 2, nthreads);
+    job->R += job->R % 2;  /* bands start on even rows (see vertical) */
+    if (job->R > H) job->R = H;
     job->nbands = (H + job->R - 1) / job->R;
     job->nitems = B * S * job->nbands;
     job->Wv = (W + 15) / 16;
