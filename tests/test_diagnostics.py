@@ -82,3 +82,41 @@ def test_bad_arguments(kwargs, err, match):
     args.update(kwargs)
     with pytest.raises(err, match=match):
         pixel_weights(**args)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("sigma", [0.05, 0.3])
+@pytest.mark.parametrize("case", POSTERIOR_CASES, ids=case_id)
+def test_log_density_matches_oracle_and_posterior(case, sigma, backend):
+    """LEMMSE.log_density (one pass, sliding kernel or attention) = the oracle's and posterior's."""
+    _, ds, opname, pre = case
+    d = DATASETS[ds]
+    train, _, _ = dataset(ds)
+    y = measurement(ds, opname, sigma)
+    est = make("LEMMSE", train, oracle_op(ds, opname), d["P"], pre, backend=backend)
+    got = est.log_density(y.float(), sigma).double()
+    assert got.shape == (2, d["H"], d["W"])
+    assert (got - est.posterior(y.float(), sigma).log_density.double()).abs().max() <= 1e-3
+    if pre == "identity":  # the oracle counts every key (K = N·H·W)
+        logits = O.lemmse_logits(train, y, sigma, oracle_op(ds, opname), d["P"], pre)
+        want = O.log_density(logits, sigma, d["C"] * d["P"] ** 2)
+        assert (got - want).abs().max() <= 1e-3
+    # per-image sigma: the same numbers image by image
+    both = est.log_density(y.float(), torch.tensor([sigma, 2 * sigma]))
+    assert (both[1] - est.log_density(y[1:].float(), 2 * sigma)[0]).abs().max() <= 1e-4
+
+
+def test_log_density_counts_admissible_keys_for_masks():
+    """Aware inpainting: K is N times the number of positions with the query's observed pattern."""
+    ds = "c7"
+    d = DATASETS[ds]
+    train, _, _ = dataset(ds)
+    est = make("LEMMSE", train, oracle_op(ds, "random"), d["P"], "inverse", dtype=F64)
+    gid = est._gid
+    K = est._n_keys()
+    for i in (0, 5, 17):
+        assert int(K[i]) == d["N"] * int((gid == gid[i]).sum())
+    y = measurement(ds, "random", 0.2)
+    pw = pixel_weights(est, y[:1], 0.2, [(1, 2)])
+    assert int(pw.n_admissible[0]) == int(K[1 * d["W"] + 2])
+    assert abs(float(pw.log_density[0]) - float(est.log_density(y[:1], 0.2)[0, 1, 2])) <= 1e-9
