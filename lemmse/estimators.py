@@ -272,13 +272,17 @@ class _PatchAttention(_Estimator):
 
     A call takes the sliding-window kernel when it applies (see the module docstring), else the
     patch attention of :mod:`lemmse.engine`; ``_last_path`` records which (``"slide"`` or
-    ``"attention"``).
+    ``"attention"``). ``algorithm="attention"`` forces the patch attention (for comparisons);
+    ``algorithm="sliding"`` requires the sliding-window kernel and raises where it does not apply.
     """
 
     _slide_band_rows = 0  # rows per work item of the sliding kernel (0: the kernel chooses)
 
-    def __init__(self, train, operator=None, patch_size=5, preinverse="identity", **kw):
+    def __init__(self, train, operator=None, patch_size=5, preinverse="identity", *, algorithm="auto", **kw):
         super().__init__(train, operator, preinverse, **kw)
+        if algorithm not in ("auto", "sliding", "attention"):
+            raise ValueError(f"algorithm must be 'auto', 'sliding' or 'attention', got {algorithm!r}")
+        self.algorithm = algorithm
         if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral):
             raise TypeError(f"patch_size must be an odd integer, got {patch_size!r}")
         if patch_size < 1 or patch_size % 2 == 0:
@@ -425,11 +429,22 @@ class _PatchAttention(_Estimator):
 
     def _slide_plan(self):
         """``(kernel, shifts, gid)`` when the sliding-window kernel applies, else ``None``."""
-        if (self.backend == "torch" or self._whiten is not None or self.dtype != torch.float32
-                or self.device.type != "cpu" or self.C > 4):
+        if self.algorithm == "attention":
             return None
-        fn = load_slide_kernel()
+        why = None
+        if self.backend == "torch":
+            why = "backend='torch'"
+        elif self._whiten is not None:
+            why = "the physics-aware blur (whitened distances)"
+        elif self.dtype != torch.float32 or self.device.type != "cpu":
+            why = f"{self.dtype} on {self.device} (it needs float32 on the CPU)"
+        elif self.C > 4:
+            why = f"{self.C} channels (at most 4)"
+        fn = None if why else load_slide_kernel()
         if fn is None:
+            if self.algorithm == "sliding":
+                why = why or "the native kernel is unavailable (AVX-512, a C compiler, LEMMSE_NATIVE)"
+                raise ValueError(f"algorithm='sliding' does not apply here: {why}; use algorithm='auto'")
             return None
         return (fn, *self._slide_shifts())
 
@@ -577,6 +592,10 @@ class LEMMSE(_PatchAttention):
         applies, see :mod:`lemmse.estimators`, else the patch attention of
         :mod:`lemmse.engine`, whose ``"auto"`` may pick torch); ``"torch"``: the patch attention
         with the torch back-end.
+    algorithm : {"auto", "sliding", "attention"}
+        ``"auto"``: the sliding-window kernel where it applies, else the patch attention;
+        ``"attention"``: always the patch attention; ``"sliding"``: the sliding-window kernel, and
+        a ValueError at the call where it does not apply.
 
     Examples
     --------

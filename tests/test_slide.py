@@ -268,3 +268,22 @@ def test_kernel_rejects_bad_arguments():
     assert call(sh=torch.tensor([[5, 0]], dtype=torch.int32)) == 3
     assert call(sh=torch.tensor([[0, -1]], dtype=torch.int32)) == 3
     assert isinstance(fn, ctypes._CFuncPtr)
+
+
+def test_algorithm_argument():
+    """algorithm="attention" forces the patch attention, "sliding" insists, bad values are named."""
+    import lemmse
+
+    train = torch.rand(3, 1, 9, 9)
+    y = torch.rand(1, 1, 9, 9)
+    est = lemmse.LEMMSE(train, patch_size=3, algorithm="attention")
+    a = est(y, 0.3)
+    assert est._last_path == "attention"
+    if lemmse.estimators.load_slide_kernel() is not None:
+        est = lemmse.LEMMSE(train, patch_size=3, algorithm="sliding")
+        assert (est(y, 0.3) - a).abs().max() <= 1e-5 and est._last_path == "slide"
+    est = lemmse.LEMMSE(train, patch_size=3, algorithm="sliding", backend="torch")
+    with pytest.raises(ValueError, match="backend='torch'"):
+        est(y, 0.3)
+    with pytest.raises(ValueError, match="algorithm"):
+        lemmse.LEMMSE(train, patch_size=3, algorithm="fast")
