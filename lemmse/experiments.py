@@ -11,7 +11,12 @@ the reference setup (reference widths, 24 000 steps of 256 images; for a GPU). F
   images of PSNR(net, LE-MMSE), PSNR(net, truth) and PSNR(LE-MMSE, truth), where the network and
   the LE-MMSE see the same measurement ``y = A x + σ e`` and the LE-MMSE uses the network's own
   ``n_train`` training images (book chapter "Networks vs LE-MMSE");
-- :func:`write_agreement_csv` / :func:`read_agreement_csv`: ``results/agreement.csv``.
+- :func:`write_agreement_csv` / :func:`read_agreement_csv`: ``results/agreement.csv``;
+- :func:`evaluate_patch_size`: each network against the LE-MMSEs of several patch sizes
+  (``results/patch_size.csv``, book chapter "What the agreement reveals").
+
+Two grids: :data:`GRID` (the 25 networks of the agreement tables) and :data:`ANALYSIS` (U-Nets on
+n = 100 and 1 000 images; U-Nets and PatchMLPs with P = 3, 7, 9), selected with ``--grid``.
 
 Command line (one command per step; every command also takes ``--dataset``, ``--task``,
 ``--arch``, ``--physics`` filters)::
@@ -19,6 +24,7 @@ Command line (one command per step; every command also takes ``--dataset``, ``--
     python -m lemmse experiment train --scale cpu            # here, on the CPU
     python -m lemmse experiment export --scale cpu           # -> results/checkpoints
     python -m lemmse experiment agreement --scale cpu --out results/agreement.csv
+    python -m lemmse experiment patch-size --scale cpu --grid all --dataset fashion-mnist --task denoising --arch unet patchmlp --n-train 10000
 
 At the reference scale, on a GPU (``device="auto"`` picks CUDA) with the full data sets, one
 command reruns each experiment (here FashionMNIST denoising with the U-Net)::
