@@ -862,6 +862,14 @@ def _run_export(args) -> int:
     return 0
 
 
+def _merge_into(path, rows, read, write) -> Path:
+    """Update the CSV at ``path`` with ``rows`` (see :func:`merge_rows`), atomically."""
+    path = Path(path)
+    old = read(path) if path.exists() else []
+    write(merge_rows(old, rows), path)
+    return path
+
+
 def _run_agreement(args) -> int:
     import sys
 
@@ -873,9 +881,7 @@ def _run_agreement(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    old = read_agreement_csv(out) if out.exists() else []
-    write_agreement_csv(merge_rows(old, rows), out)
+    out = _merge_into(args.out, rows, read_agreement_csv, write_agreement_csv)
     for r in rows:
         print(f"{r['dataset']} {r['task']} {r['physics']} {r['arch']:8s} {r['split']:5s} σ={r['sigma']:<4g} "
               f"net-LE {r['psnr_net_lemmse']:6.2f}  net-x {r['psnr_net_truth']:6.2f}  LE-x {r['psnr_lemmse_truth']:6.2f}")
@@ -895,9 +901,7 @@ def _run_patch_size(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    old = read_patch_size_csv(out) if out.exists() else []
-    write_patch_size_csv(merge_rows(old, rows), out)
+    out = _merge_into(args.out, rows, read_patch_size_csv, write_patch_size_csv)
     for r in rows:
         print(f"{r['arch']:8s} P_net={r['patch_net']} P_LE={r['patch_lemmse']} σ={r['sigma']:<4g} "
               f"net-LE {r['psnr_net_lemmse']:6.2f}")
