@@ -10,7 +10,7 @@ pixels ``i``, in float64, from explicit patch differences. From it follow, exact
 - ``n50``: how many of the largest weights hold half of the mass, and the participation ratio
   ``1 / Σ w²``: the mass concentration;
 - the log-density of the query patch under the Gaussian-smoothed empirical distribution of the
-  measured training patches (same definition as :class:`lemmse.Posterior`).
+  measured training patches (same definition as :class:`lemmse.estimators.Posterior`).
 
 Cost: one pass over the training patches per call (all pixels of the call share it), about
 ``N·H·W·D`` multiply-adds per pixel; for FashionMNIST with 10 000 images this is about a second
