@@ -382,9 +382,12 @@ def make_model(
     return _CLASSES[arch](channels, patch_size, width, emb_dim)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (only those with ``requires_grad`` if ``trainable_only``).
+
+    Models from :func:`lemmse.train.load_checkpoint` are frozen, so the default counts all.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def receptive_field(

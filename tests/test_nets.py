@@ -226,3 +226,11 @@ def test_trains_on_a_batch():
             opt.step()
             losses.append(loss.item())
         assert losses[-1] < losses[0], arch
+
+
+def test_count_parameters_of_a_frozen_model():
+    model = make_model("unet", 1, 5, 8)
+    n = count_parameters(model)
+    model.requires_grad_(False)
+    assert count_parameters(model) == n > 0
+    assert count_parameters(model, trainable_only=True) == 0
