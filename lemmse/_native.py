@@ -1,10 +1,13 @@
-"""Build and load the optional native (C, AVX-512) kernels.
+"""Build and load the optional native (C, AVX-512 or AVX2) kernels.
 
-The kernel sources ship with the package (``lemmse/_kernels/``): ``attend_avx512.c``, the fused
-patch attention of :mod:`lemmse.engine`, and ``slide_avx512.c``, the sliding-window LE-MMSE of
-:mod:`lemmse.estimators`.  Each is compiled on first use with the system C compiler into a
-per-user cache directory and loaded with :mod:`ctypes`; no build step is needed at install time.
-When the CPU lacks AVX-512, no C compiler is found, or ``LEMMSE_NATIVE=0`` is set,
+The kernel sources ship with the package (``lemmse/_kernels/``): ``attend.c``, the fused patch
+attention of :mod:`lemmse.engine`, and ``slide.c``, the sliding-window LE-MMSE of
+:mod:`lemmse.estimators`.  Both are written once against the vector layer ``simd.h`` and compiled,
+on first use, with the system C compiler for the best instruction set the CPU has: AVX-512
+(``-mavx512f -mavx512dq``, 16 fp32 lanes) or AVX2 with FMA (8 lanes).  The library goes into a
+per-user cache directory and is loaded with :mod:`ctypes`; no build step is needed at install
+time.  ``LEMMSE_ISA=avx2`` builds the AVX2 variant on an AVX-512 machine (to test it there).
+When the CPU has neither, no C compiler is found, or ``LEMMSE_NATIVE=0`` is set,
 :func:`load_kernel` and :func:`load_slide_kernel` return ``None`` and the callers use their
 pure-torch paths (same results, slower on the CPU).
 """
@@ -22,11 +25,13 @@ import threading
 from pathlib import Path
 
 _KERNELS = Path(__file__).with_name("_kernels")
-_HEADERS = (_KERNELS / "avx512_common.h",)  # part of every kernel's cache key
-_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512dq", "-mfma", "-pthread", "-shared",
-          "-fPIC", "-std=c11"]
+_HEADERS = (_KERNELS / "simd.h",)  # part of every kernel's cache key
+_FLAGS = ["-O3", "-march=native"]
+_ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512dq", "-mfma"],
+              "avx2": ["-mavx2", "-mfma", "-mno-avx512f"]}
+_LINK = ["-pthread", "-shared", "-fPIC", "-std=c11"]
 _lock = threading.Lock()
-_cache: dict[str, object] = {}
+_cache: dict[tuple[str, str], object] = {}
 
 
 def _cpu_flags() -> set[str]:
@@ -46,7 +51,30 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _build(dst: Path, src: Path) -> None:
+def isa() -> str | None:
+    """The instruction set the native kernels are built for on this CPU: ``"avx512"``,
+    ``"avx2"`` or ``None`` (no native kernels: not x86-64, neither instruction set, or
+    ``LEMMSE_NATIVE=0``).  ``LEMMSE_ISA=avx2`` asks for AVX2 on an AVX-512 machine."""
+    if os.environ.get("LEMMSE_NATIVE", "1") == "0":
+        return None
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    flags = _cpu_flags()
+    want = os.environ.get("LEMMSE_ISA", "").lower()
+    if want not in ("", "avx512", "avx2"):
+        raise ValueError(f"LEMMSE_ISA must be 'avx512' or 'avx2', got {want!r}")
+    if want != "avx2" and {"avx512f", "avx512dq"} <= flags:
+        return "avx512"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    return None
+
+
+def _flags(isa_: str) -> list[str]:
+    return [*_FLAGS, *_ISA_FLAGS[isa_], *_LINK]
+
+
+def _build(dst: Path, src: Path, flags: list[str]) -> None:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler found")
@@ -54,7 +82,7 @@ def _build(dst: Path, src: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=dst.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *_FLAGS, str(src), "-o", tmp, "-lm"], check=True,
+        subprocess.run([cc, *flags, str(src), "-o", tmp, "-lm"], check=True,
                        capture_output=True, text=True)
         os.replace(tmp, dst)  # atomic: a half-written library is never loaded
     finally:
@@ -64,29 +92,30 @@ def _build(dst: Path, src: Path) -> None:
 
 def _load(name: str, symbol: str, argtypes: list, restype=ctypes.c_int):
     """Compile (once, cached by a hash of the source, the shared headers, the flags and the CPU)
-    and load ``lemmse/_kernels/<name>.c``; return its ctypes function ``symbol`` or ``None``."""
-    if os.environ.get("LEMMSE_NATIVE", "1") == "0":
-        return None
-    if platform.machine() not in ("x86_64", "AMD64") or "avx512f" not in _cpu_flags():
+    and load ``lemmse/_kernels/<name>.c`` for :func:`isa`; return its ctypes function ``symbol``
+    or ``None``."""
+    isa_ = isa()
+    if isa_ is None:
         return None
     with _lock:
-        if name in _cache:
-            return _cache[name]
+        if (name, isa_) in _cache:
+            return _cache[name, isa_]
         src_path = _KERNELS / f"{name}.c"
+        flags = _flags(isa_)
         src = src_path.read_bytes() + b"".join(h.read_bytes() for h in _HEADERS)
-        key = hashlib.sha256(src + " ".join(_FLAGS).encode()
+        key = hashlib.sha256(src + " ".join(flags).encode()
                              + " ".join(sorted(_cpu_flags())).encode()).hexdigest()[:16]
-        so = cache_dir() / f"{name}_{key}.so"
+        so = cache_dir() / f"{name}_{isa_}_{key}.so"
         fn = None
         try:
             if not so.exists():
-                _build(so, src_path)
+                _build(so, src_path, flags)
             fn = getattr(ctypes.CDLL(str(so)), symbol)
             fn.argtypes = argtypes
             fn.restype = restype
         except (OSError, RuntimeError, AttributeError, subprocess.CalledProcessError):
             fn = None
-        _cache[name] = fn
+        _cache[name, isa_] = fn
         return fn
 
 
@@ -95,7 +124,7 @@ _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 def load_kernel():
     """Return the ctypes function ``lemmse_attend_f32`` (fused patch attention), or ``None``."""
-    return _load("attend_avx512", "lemmse_attend_f32",
+    return _load("attend", "lemmse_attend_f32",
                  [_p, _p, _i64, _i64, _p, _p, _p, _i64, _i64, _p, _p, _p, _p, _p, _i64, _p, _p,
                   _int, _int])
 
@@ -105,8 +134,8 @@ def load_slide_kernel():
 
     Arguments: ``V, qs, B, C, H, W, P, U, X, N, shifts, T, S, gid, m, acc, band_rows,
     nthreads``
-    (see the header of ``lemmse/_kernels/slide_avx512.c``).
+    (see the header of ``lemmse/_kernels/slide.c``).
     """
-    return _load("slide_avx512", "lemmse_slide_f32",
+    return _load("slide", "lemmse_slide_f32",
                  [_p, _p, _i64, _i64, _i64, _i64, _i64, _p, _p, _i64, _p, _i64, _i64, _p, _p,
                   _p, _i64, _int])

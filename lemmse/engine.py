@@ -22,10 +22,10 @@ is bounded by the chunk size, whatever the number of training images.
 Two back-ends compute a chunk:
 
 ``"native"``
-    a fused C kernel (AVX-512, fp32, POSIX threads; ``lemmse/_kernels/attend_avx512.c``) that
+    a fused C kernel (AVX-512 or AVX2, fp32, POSIX threads; ``lemmse/_kernels/attend.c``) that
     computes the dot products, the exponentials and the accumulation in registers, never
     writing the score matrix; for large ``D`` (from 48) its register-blocked tiles run the dot
-    products near the FMA peak.  Used on CPUs with AVX-512 for fp32 and at most 4 value
+    products near the FMA peak.  Used on CPUs with AVX-512 or AVX2 for fp32 and at most 4 value
     channels, whatever ``D``, where it measures fastest (``benchmarks/bench_engine.py``).
 ``"torch"``
     the GEMM expansion ``q·k - ‖k‖²/2`` by a matrix product, then ``exp`` and a second product
@@ -113,7 +113,7 @@ def choose_backend(dim: int, value_dim: int, dtype: torch.dtype, device: torch.d
                  and load_kernel() is not None)
     if backend == "native":
         if not native_ok:
-            raise ValueError("backend='native' needs a CPU with AVX-512, a C compiler, float32 and "
+            raise ValueError("backend='native' needs a CPU with AVX-512 or AVX2, a C compiler, float32 and "
                              "at most 4 value channels")
         return "native"
     if backend == "torch":

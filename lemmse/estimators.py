@@ -19,7 +19,7 @@ the same observed-pixel pattern, with distances over the observed pixels.
 
 How ``LEMMSE`` and ``LocalMMSE`` are computed (the ``backend`` argument):
 
-- **sliding window** (native, ``lemmse/_kernels/slide_avx512.c``): for every training image and
+- **sliding window** (native, ``lemmse/_kernels/slide.c``): for every training image and
   every circular shift ``t`` (all ``H·W`` shifts for the LE-MMSE, only ``t = 0`` for the local
   MMSE) the distances of all query pixels ``i`` to the keys at ``i + t`` are one ``P × P`` box sum
   of the per-pixel squared differences ``Σ_c (v[c, p] - v_n[c, p + t])²``, so a (query, key)
@@ -27,7 +27,7 @@ How ``LEMMSE`` and ``LocalMMSE`` are computed (the ``backend`` argument):
   explicit differences (no cancellation at small σ).  Used for every call (not
   :meth:`~LEMMSE.posterior`) with ``backend`` ``"auto"`` or ``"native"`` when the estimator
   computes in float32 on the CPU, has at most 4 channels, is not the physics-aware blur
-  (whitened distances), and the kernel is available (AVX-512 CPU, a C compiler,
+  (whitened distances), and the kernel is available (a CPU with AVX-512 or AVX2, a C compiler,
   ``LEMMSE_NATIVE`` not ``0``).  The physics-aware inpainting restricts the shifts per pixel to
   the positions with the same observed-pixel pattern.
 - otherwise, **patch attention** (:mod:`lemmse.engine`): every patch is extracted and the
@@ -443,7 +443,7 @@ class _PatchAttention(_Estimator):
         fn = None if why else load_slide_kernel()
         if fn is None:
             if self.algorithm == "sliding":
-                why = why or "the native kernel is unavailable (AVX-512, a C compiler, LEMMSE_NATIVE)"
+                why = why or "the native kernel is unavailable (AVX-512 or AVX2, a C compiler, LEMMSE_NATIVE)"
                 raise ValueError(f"algorithm='sliding' does not apply here: {why}; use algorithm='auto'")
             return None
         return (fn, *self._slide_shifts())

@@ -37,3 +37,21 @@ def real_data_root() -> Path:
     if root is None:
         pytest.skip("real data not found: set LEMMSE_DATA or place it at ../shared/data")
     return root
+
+
+def _native_isas() -> list[str | None]:
+    """The instruction sets the native kernels can be tested in here: on an AVX-512 CPU both its
+    own and the AVX2 variant (built there with ``LEMMSE_ISA=avx2``), else the one it has."""
+    from lemmse import _native
+
+    own = _native.isa()
+    return ["avx512", "avx2"] if own == "avx512" else [own]
+
+
+@pytest.fixture(params=_native_isas(), ids=lambda isa: f"isa={isa}")
+def native_isa(request, monkeypatch):
+    """Run the test once per instruction set of the native kernels (``pytestmark =
+    pytest.mark.usefixtures("native_isa")`` in a module)."""
+    if request.param is not None:
+        monkeypatch.setenv("LEMMSE_ISA", request.param)
+    return request.param

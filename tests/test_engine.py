@@ -15,7 +15,8 @@ from lemmse import engine
 from lemmse.engine import KeyChunk, StreamingAttention
 
 needs_native = pytest.mark.skipif(engine.load_kernel() is None,
-                                  reason="native kernel unavailable (no AVX-512 or no compiler)")
+                                  reason="native kernel unavailable (no AVX-512 or AVX2, or no "
+                                         "compiler)")
 
 
 def reference(q, k, v, sigma, q_groups=None, k_groups=None):
@@ -89,7 +90,7 @@ def test_normalising_per_chunk_then_averaging_is_wrong():
 @pytest.mark.parametrize("C", [1, 3])
 @pytest.mark.parametrize("physics", ["agnostic", "blur-aware"])
 @pytest.mark.parametrize("sigma", [0.05, 0.2])
-def test_packed_native_path_matches_float64(C, physics, sigma):
+def test_packed_native_path_matches_float64(C, physics, sigma, native_isa):
     """8x8 images (H*W = 64): the estimator packs keys straight into the kernel layout."""
     train = smooth(6, C, 8, 8, 3)
     x = smooth(2, C, 8, 8, 4)
@@ -115,6 +116,24 @@ def test_native_and_torch_backends_agree_on_real_data(real_data_root):
     a = lemmse.LEMMSE(train, patch_size=5, backend="native")(y, 0.2)
     b = lemmse.LEMMSE(train.double(), patch_size=5, backend="torch")(y.double(), 0.2)
     assert (a.double() - b).abs().max() < 1e-5
+
+
+def test_isa_selection(monkeypatch):
+    """The instruction set of the native kernels: the CPU's best, AVX2 on request, none when
+    switched off; a bad request names the variable."""
+    from lemmse import _native
+
+    own = _native.isa()
+    assert own in (None, "avx512", "avx2")
+    monkeypatch.setenv("LEMMSE_ISA", "avx2")
+    assert _native.isa() == (None if own is None else "avx2")
+    monkeypatch.setenv("LEMMSE_ISA", "sse2")
+    with pytest.raises(ValueError, match="LEMMSE_ISA"):
+        _native.isa()
+    monkeypatch.delenv("LEMMSE_ISA")
+    monkeypatch.setenv("LEMMSE_NATIVE", "0")
+    assert _native.isa() is None and engine.load_kernel() is None
+    assert "-mno-avx512f" in _native._flags("avx2") and "-mavx512f" in _native._flags("avx512")
 
 
 def test_choose_backend_rules():
@@ -159,12 +178,16 @@ def native_attention(q, s, chunks, Cv, q_ptr=None, nthreads=None):
 @pytest.mark.parametrize("sigma", [0.05, 0.2, 1.0])
 @pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("Cv", [1, 2, 3, 4])
-def test_native_large_dim_matches_float64(D, sigma, direct, Cv, monkeypatch):
-    """Wide tiles: 12 query rows x 2 key blocks, remainders of 8, 4, 2, 1 rows and of one key
-    block, a partial last block, both logit modes (forced through DIRECT_SIGMA)."""
+def test_native_large_dim_matches_float64(D, sigma, direct, Cv, monkeypatch, native_isa):
+    """Wide tiles: 12 query rows x 2 key blocks on AVX-512 (6 rows x 1 block on AVX2), every
+    remainder height (8, 4, 2, 1; on AVX2 4, 3, 2, 1) and a remainder of one key block, a partial
+    last block, both logit modes (forced through DIRECT_SIGMA).  Run once per instruction set
+    (the ``native_isa`` fixture)."""
     small_sigma = sigma < engine.DIRECT_SIGMA
     monkeypatch.setattr(engine, "DIRECT_SIGMA", math.inf if direct else 0.0)
-    M = 43 if Cv % 2 else 47  # 36 + 4 + 2 + 1 and 36 + 8 + 2 + 1 rows
+    # rows: AVX-512 36 + 4 + 2 + 1, 36 + 8 + 2 + 1, 36 + 8 + 1, 36 + 8;
+    #       AVX2   42 + 1, 42 + 4 + 1, 42 + 3, 42 + 2
+    M = {1: 43, 2: 47, 3: 45, 4: 44}[Cv]
     q, k, v, s = clustered(M, 300, D, Cv, sigma, seed=D + Cv, centre=0.3 if Cv % 2 else 0.0)
     ref, lse_ref = reference(q, k, v, s)
     # chunks of 8 blocks (8 keys in the last), 7 blocks (4 in the last), 5 full blocks
@@ -182,7 +205,7 @@ def test_native_large_dim_matches_float64(D, sigma, direct, Cv, monkeypatch):
 
 @needs_native
 @pytest.mark.parametrize("direct", [False, True])
-def test_native_large_dim_groups(direct, monkeypatch):
+def test_native_large_dim_groups(direct, monkeypatch, native_isa):
     monkeypatch.setattr(engine, "DIRECT_SIGMA", math.inf if direct else 0.0)
     D, Cv = 150, 3
     q, k, v, s = clustered(45, 250, D, Cv, 0.2, seed=7)
@@ -196,7 +219,7 @@ def test_native_large_dim_groups(direct, monkeypatch):
 
 @needs_native
 @pytest.mark.parametrize("direct", [False, True])
-def test_native_large_dim_chunking_and_threads(direct, monkeypatch):
+def test_native_large_dim_chunking_and_threads(direct, monkeypatch, native_isa):
     """Feeding the keys in chunks changes only the rounding; the number of threads changes
     nothing (each query row is computed by one thread, in key order)."""
     monkeypatch.setattr(engine, "DIRECT_SIGMA", math.inf if direct else 0.0)

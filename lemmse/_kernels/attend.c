@@ -1,5 +1,6 @@
 /*
- * Fused streaming softmax attention for the LE-MMSE on x86-64 CPUs with AVX-512 (fp32).
+ * Fused streaming softmax attention for the LE-MMSE on x86-64 CPUs (fp32), compiled with AVX-512 or
+ * with AVX2 + FMA (the vector layer lemmse/_kernels/simd.h).
  *
  * For every query q (a row of Q) and every admissible key k (a training patch) the logit is
  *     l(q, k) = s_q * (q . k - ||k||^2 / 2)                     (natural-log units / log2 e)
@@ -28,7 +29,6 @@
  * Each query row is processed by exactly one thread, in key order: results do not depend on
  * the number of threads (deterministic).
  */
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,7 +36,19 @@
 
 #define SLACK 16.0f  /* rescale only when a logit exceeds the running max by this (base 2) */
 
-#include "avx512_common.h"
+#include "simd.h"
+
+/* A key block holds 16 keys (the layout prepared by lemmse/engine.py) in KV vectors of VL lanes:
+   one zmm on AVX-512, two ymm halves on AVX2. */
+#define KV (16 / VL)
+
+/* HALVES(stmt): stmt for each half h of a key block, written out (no loop: with one half, on
+   AVX-512, the tile is the same code as a tile written for one vector) */
+#if KV == 1
+#define HALVES(...) { const int h = 0; __VA_ARGS__ }
+#else
+#define HALVES(...) { { const int h = 0; __VA_ARGS__ } { const int h = 1; __VA_ARGS__ } }
+#endif
 
 /* One tile: QT query rows x one key block of 16 keys at a time, CV value channels.  DIRECT is a
    compile-time flag: 0 for the GEMM expansion (Q pre-scaled, logits s_q (q.k - |k|^2/2)), 1 for
@@ -46,133 +58,165 @@ static void NAME(const float *Q, const float *qscale, int64_t D,                
                  const float *Kt, const float *kb, const float *Vt,                                \
                  int64_t b0, int64_t b1, int nlast, float *m, float *acc) {                        \
     const int64_t Cv = CV, S = (CV + 1) * 16;                                                      \
-    __m512 st[QT][CV + 1];                                                                         \
+    vf st[QT][CV + 1][KV];                                                                         \
     float mm[QT];                                                                                  \
     for (int t = 0; t < QT; t++) {                                                                 \
         mm[t] = m[t];                                                                              \
-        for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_loadu_ps(acc + t * S + c * 16);       \
+        for (int64_t c = 0; c <= Cv; c++)                                                          \
+            HALVES(st[t][c][h] = vloadu(acc + t * S + c * 16 + h * VL);)                           \
     }                                                                                              \
     for (int64_t b = b0; b < b1; b++) {                                                            \
         const float *K = Kt + b * D * 16;                                                          \
-        __m512 l[QT];                                                                              \
+        vf l[QT][KV];                                                                              \
         for (int t = 0; t < QT; t++)                                                               \
-            l[t] = DIRECT ? _mm512_setzero_ps()                                                    \
-                          : _mm512_mul_ps(_mm512_loadu_ps(kb + b * 16), _mm512_set1_ps(qscale[t]));\
+            HALVES(l[t][h] = DIRECT ? vzero()                                                      \
+                                    : vmul(vloadu(kb + b * 16 + h * VL), vset1(qscale[t]));)       \
         for (int64_t d = 0; d < D; d++) {                                                          \
-            const __m512 kv = _mm512_loadu_ps(K + d * 16);                                         \
+            vf kv[KV];                                                                             \
+            HALVES(kv[h] = vloadu(K + d * 16 + h * VL);)                                           \
             for (int t = 0; t < QT; t++) {                                                         \
-                const __m512 qv = _mm512_set1_ps(Q[t * D + d]);                                    \
-                if (DIRECT) {                                                                      \
-                    const __m512 df = _mm512_sub_ps(qv, kv);                                       \
-                    l[t] = _mm512_fmadd_ps(df, df, l[t]);                                          \
-                } else {                                                                           \
-                    l[t] = _mm512_fmadd_ps(qv, kv, l[t]);                                          \
-                }                                                                                  \
+                const vf qv = vset1(Q[t * D + d]);                                                 \
+                HALVES(                                                                            \
+                    if (DIRECT) {                                                                  \
+                        const vf df = vsub(qv, kv[h]);                                             \
+                        l[t][h] = vfmadd(df, df, l[t][h]);                                         \
+                    } else {                                                                       \
+                        l[t][h] = vfmadd(qv, kv[h], l[t][h]);                                      \
+                    })                                                                             \
             }                                                                                      \
         }                                                                                          \
         if (DIRECT)                                                                                \
-            for (int t = 0; t < QT; t++) l[t] = _mm512_mul_ps(l[t], _mm512_set1_ps(qscale[t]));   \
-        const __mmask16 valid = (b == b1 - 1) ? (__mmask16)((1u << nlast) - 1u) : 0xFFFF;          \
+            for (int t = 0; t < QT; t++) HALVES(l[t][h] = vmul(l[t][h], vset1(qscale[t]));)        \
+        vmask valid[KV];                                                                           \
+        HALVES(valid[h] = (b == b1 - 1) ? vmask_first(lanes_of(nlast, h)) : VMASK_ALL;)            \
         const float *V = Vt + b * Cv * 16;                                                         \
         for (int t = 0; t < QT; t++) {                                                             \
-            __mmask16 big = _mm512_mask_cmp_ps_mask(valid, l[t],                                   \
-                                _mm512_set1_ps(mm[t] + SLACK), _CMP_GT_OQ);                        \
+            int big = 0;                                                                           \
+            HALVES(big |= vmask_any(vmask_gt(valid[h], l[t][h], vset1(mm[t] + SLACK)));)           \
             if (big) {                                                                             \
-                float bm = _mm512_mask_reduce_max_ps(valid, l[t]);                                 \
+                float bm = -INFINITY;                                                              \
+                HALVES(const float hm = vmask_reduce_max(valid[h], l[t][h]);                       \
+                       bm = hm > bm ? hm : bm;)                                                    \
                 float nm = bm > mm[t] ? bm : mm[t];                                                \
-                __m512 sc = _mm512_set1_ps(exp2f(mm[t] - nm));                                     \
-                for (int64_t c = 0; c <= Cv; c++) st[t][c] = _mm512_mul_ps(st[t][c], sc);          \
+                vf sc = vset1(exp2f(mm[t] - nm));                                                  \
+                for (int64_t c = 0; c <= Cv; c++) HALVES(st[t][c][h] = vmul(st[t][c][h], sc);)     \
                 mm[t] = nm;                                                                        \
             }                                                                                      \
-            __m512 e = exp2_ps(_mm512_sub_ps(l[t], _mm512_set1_ps(mm[t])));                        \
-            e = _mm512_maskz_mov_ps(valid, e);                                                     \
-            st[t][0] = _mm512_add_ps(st[t][0], e);                                                 \
-            for (int64_t c = 0; c < Cv; c++)                                                       \
-                st[t][c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(V + c * 16), st[t][c + 1]);      \
+            HALVES(                                                                                \
+                vf e = exp2_ps(vsub(l[t][h], vset1(mm[t])));                                       \
+                e = vmaskz(valid[h], e);                                                           \
+                st[t][0][h] = vadd(st[t][0][h], e);                                                \
+                for (int64_t c = 0; c < Cv; c++)                                                   \
+                    st[t][c + 1][h] = vfmadd(e, vloadu(V + c * 16 + h * VL), st[t][c + 1][h]);)    \
         }                                                                                          \
     }                                                                                              \
     for (int t = 0; t < QT; t++) {                                                                 \
         m[t] = mm[t];                                                                              \
-        for (int64_t c = 0; c <= Cv; c++) _mm512_storeu_ps(acc + t * S + c * 16, st[t][c]);        \
+        for (int64_t c = 0; c <= Cv; c++)                                                          \
+            HALVES(vstoreu(acc + t * S + c * 16 + h * VL, st[t][c][h]);)                           \
     }                                                                                              \
 }
 
-#define DEFINE_TILES(QT, CV)                                                                       \
+/* the valid lanes of half h of a block with n valid keys (0 .. VL) */
+static inline int lanes_of(int n, int h) {
+    const int k = n - h * VL;
+    return k < 0 ? 0 : k > VL ? VL : k;
+}
+
+#define DEFINE_TILES_(QT, CV)                                                                      \
     DEFINE_TILE(tile_##QT##_##CV, QT, CV, 0)                                                       \
     DEFINE_TILE(dtile_##QT##_##CV, QT, CV, 1)
+#define DEFINE_TILES(QT, CV) DEFINE_TILES_(QT, CV)  /* expands QT (H3, H4) before pasting */
 
-DEFINE_TILES(1, 1) DEFINE_TILES(2, 1) DEFINE_TILES(4, 1) DEFINE_TILES(8, 1)
-DEFINE_TILES(1, 2) DEFINE_TILES(2, 2) DEFINE_TILES(4, 2) DEFINE_TILES(8, 2)
-DEFINE_TILES(1, 3) DEFINE_TILES(2, 3) DEFINE_TILES(4, 3) DEFINE_TILES(8, 3)
-DEFINE_TILES(1, 4) DEFINE_TILES(2, 4) DEFINE_TILES(4, 4) DEFINE_TILES(8, 4)
+/* Tile heights (query rows): AVX-512 has 32 vector registers, AVX2 16, so the AVX2 tiles are
+   half as tall (a key block is also two vectors there). */
+#if VL == 16
+#define H3 4
+#define H4 8
+#define H5 12
+#define WIDE_NB 2   /* key blocks per step of a wide tile */
+#else
+#define H3 3
+#define H4 4
+#define H5 6
+#define WIDE_NB 1
+#endif
+static const int HEIGHTS[5] = {1, 2, H3, H4, H5};
+#define NARROW_ROWS H4  /* rows of a work item: narrow tiles, wide tiles */
+#define WIDE_ROWS H5
+
+#define DEFINE_TILES_C(CV)                                                                         \
+    DEFINE_TILES(1, CV) DEFINE_TILES(2, CV) DEFINE_TILES(H3, CV) DEFINE_TILES(H4, CV)
+DEFINE_TILES_C(1) DEFINE_TILES_C(2) DEFINE_TILES_C(3) DEFINE_TILES_C(4)
 
 /* ---------------------------------------------------------------------------- wide tiles
    For large D the dot products dominate (the exponentials and sums are ~2 % of the work at
    D = 363) and the tiles above, one key vector per broadcast, run well below the FMA peak.  A
-   wide tile holds QT query rows x two key blocks (32 keys) of logits in 2 QT registers (QT <= 12:
-   24 accumulators, 2 key vectors, broadcasts and differences fit in the 32 zmm registers); each
+   wide tile holds QT query rows x two key vectors of logits in 2 QT registers (AVX-512: two key
+   blocks, 32 keys, QT <= 12: 24 accumulators, 2 key vectors, broadcasts and differences fit in
+   the 32 zmm registers; AVX2: the two halves of one block, QT <= 6 in 16 ymm registers); each
    query element is broadcast once and used for two FMAs.  The query rows are packed d-major
    (Qp[d][QT]) by the caller so that the broadcasts read one sequential stream.  The running sums
-   stay in memory (acc), touched once per row and key block.                                   */
+   stay in memory (acc), touched once per row and key vector.                                  */
 
-/* fold the 16 logits l of one key block into the running state (mm, a [Cv+1][16]) of one row */
-static inline __attribute__((always_inline)) void fold_block(__m512 l, __mmask16 valid,
-                                                             float *mm, float *a,
-                                                             const float *V, const int Cv) {
-    if (_mm512_mask_cmp_ps_mask(valid, l, _mm512_set1_ps(*mm + SLACK), _CMP_GT_OQ)) {
-        float bm = _mm512_mask_reduce_max_ps(valid, l);
+/* fold the VL logits l of one key vector (lanes h VL .. h VL + VL - 1 of a block) into the
+   running state (mm, a [Cv+1][16]) of one row */
+static inline __attribute__((always_inline)) void fold_block(vf l, vmask valid, float *mm,
+                                                             float *a, const float *V,
+                                                             const int Cv, const int h) {
+    if (vmask_any(vmask_gt(valid, l, vset1(*mm + SLACK)))) {
+        float bm = vmask_reduce_max(valid, l);
         float nm = bm > *mm ? bm : *mm;
-        __m512 sc = _mm512_set1_ps(exp2f(*mm - nm));
-        for (int c = 0; c <= Cv; c++)
-            _mm512_storeu_ps(a + c * 16, _mm512_mul_ps(_mm512_loadu_ps(a + c * 16), sc));
+        vf sc = vset1(exp2f(*mm - nm));
+        for (int c = 0; c <= Cv; c++)  /* the whole row shares mm: every lane of the block */
+            for (int g = 0; g < KV; g++)
+                vstoreu(a + c * 16 + g * VL, vmul(vloadu(a + c * 16 + g * VL), sc));
         *mm = nm;
     }
-    const __m512 e = _mm512_maskz_mov_ps(valid,
-                                         exp2_ps(_mm512_sub_ps(l, _mm512_set1_ps(*mm))));
-    _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), e));
+    a += h * VL;
+    V += h * VL;
+    const vf e = vmaskz(valid, exp2_ps(vsub(l, vset1(*mm))));
+    vstoreu(a, vadd(vloadu(a), e));
     for (int c = 0; c < Cv; c++)
-        _mm512_storeu_ps(a + 16 + c * 16, _mm512_fmadd_ps(e, _mm512_loadu_ps(V + c * 16),
-                                                          _mm512_loadu_ps(a + 16 + c * 16)));
+        vstoreu(a + 16 + c * 16, vfmadd(e, vloadu(V + c * 16), vloadu(a + 16 + c * 16)));
 }
 
-/* NB (1 or 2) key blocks starting at block b, against the QT packed query rows */
+/* NB key blocks (1 or WIDE_NB) starting at block b, against the QT packed query rows: NV = NB KV
+   key vectors, vector j = block j / KV, half j % KV */
 #define WIDE_STEP(QT, CV, DIRECT, NB)                                                              \
     do {                                                                                           \
-        const float *K0 = Kt + b * D * 16, *K1 = K0 + (NB - 1) * D * 16;                           \
-        __m512 l0[QT], l1[QT];                                                                     \
-        for (int t = 0; t < QT; t++) {                                                             \
-            l0[t] = DIRECT ? _mm512_setzero_ps()                                                   \
-                : _mm512_mul_ps(_mm512_loadu_ps(kb + b * 16), _mm512_set1_ps(qscale[t]));          \
-            l1[t] = DIRECT || NB == 1 ? _mm512_setzero_ps()                                        \
-                : _mm512_mul_ps(_mm512_loadu_ps(kb + (b + 1) * 16), _mm512_set1_ps(qscale[t]));    \
+        enum { NV = NB * KV };                                                                     \
+        const float *Kj[NV];                                                                       \
+        vf l[NV][QT];                                                                              \
+        for (int j = 0; j < NV; j++) {                                                             \
+            Kj[j] = Kt + (b + j / KV) * D * 16 + (j % KV) * VL;                                    \
+            for (int t = 0; t < QT; t++)                                                           \
+                l[j][t] = DIRECT ? vzero()                                                         \
+                    : vmul(vloadu(kb + (b + j / KV) * 16 + (j % KV) * VL), vset1(qscale[t]));      \
         }                                                                                          \
         for (int64_t d = 0; d < D; d++) {                                                          \
-            const __m512 k0 = _mm512_loadu_ps(K0 + d * 16);                                       \
-            const __m512 k1 = _mm512_loadu_ps(K1 + d * 16);                                       \
+            vf k[NV];                                                                              \
+            for (int j = 0; j < NV; j++) k[j] = vloadu(Kj[j] + d * 16);                            \
             for (int t = 0; t < QT; t++) {                                                         \
-                const __m512 qv = _mm512_set1_ps(Qp[d * QT + t]);                                  \
-                if (DIRECT) {                                                                      \
-                    const __m512 f0 = _mm512_sub_ps(qv, k0);                                       \
-                    l0[t] = _mm512_fmadd_ps(f0, f0, l0[t]);                                        \
-                    if (NB == 2) {                                                                 \
-                        const __m512 f1 = _mm512_sub_ps(qv, k1);                                   \
-                        l1[t] = _mm512_fmadd_ps(f1, f1, l1[t]);                                    \
+                const vf qv = vset1(Qp[d * QT + t]);                                               \
+                for (int j = 0; j < NV; j++) {                                                     \
+                    if (DIRECT) {                                                                  \
+                        const vf f = vsub(qv, k[j]);                                               \
+                        l[j][t] = vfmadd(f, f, l[j][t]);                                           \
+                    } else {                                                                       \
+                        l[j][t] = vfmadd(qv, k[j], l[j][t]);                                       \
                     }                                                                              \
-                } else {                                                                           \
-                    l0[t] = _mm512_fmadd_ps(qv, k0, l0[t]);                                        \
-                    if (NB == 2) l1[t] = _mm512_fmadd_ps(qv, k1, l1[t]);                           \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        const __mmask16 v0 = (b == b1 - 1) ? last : 0xFFFF;                                        \
-        const __mmask16 v1 = (b + 1 == b1 - 1) ? last : 0xFFFF;                                    \
+        vmask v[NV];                                                                               \
+        for (int j = 0; j < NV; j++)                                                               \
+            v[j] = (b + j / KV == b1 - 1) ? vmask_first(lanes_of(nlast, j % KV)) : VMASK_ALL;      \
         for (int t = 0; t < QT; t++) {                                                             \
-            const __m512 sc = _mm512_set1_ps(qscale[t]);                                           \
-            fold_block(DIRECT ? _mm512_mul_ps(l0[t], sc) : l0[t], v0, m + t, acc + t * S,          \
-                       Vt + b * CV * 16, CV);                                                      \
-            if (NB == 2)                                                                           \
-                fold_block(DIRECT ? _mm512_mul_ps(l1[t], sc) : l1[t], v1, m + t, acc + t * S,      \
-                           Vt + (b + 1) * CV * 16, CV);                                            \
+            const vf sc = vset1(qscale[t]);                                                        \
+            for (int j = 0; j < NV; j++)                                                           \
+                fold_block(DIRECT ? vmul(l[j][t], sc) : l[j][t], v[j], m + t, acc + t * S,         \
+                           Vt + (b + j / KV) * CV * 16, CV, j % KV);                               \
         }                                                                                          \
     } while (0)
 
@@ -181,45 +225,35 @@ static void NAME(const float *Qp, const float *qscale, int64_t D,               
                  const float *Kt, const float *kb, const float *Vt,                                \
                  int64_t b0, int64_t b1, int nlast, float *m, float *acc) {                        \
     const int64_t S = (CV + 1) * 16;                                                               \
-    const __mmask16 last = (__mmask16)((1u << nlast) - 1u);                                        \
     int64_t b = b0;                                                                                \
-    for (; b + 1 < b1; b += 2) WIDE_STEP(QT, CV, DIRECT, 2);                                       \
-    if (b < b1) WIDE_STEP(QT, CV, DIRECT, 1);                                                      \
+    if (WIDE_NB == 2)                                                                              \
+        for (; b + 1 < b1; b += 2) WIDE_STEP(QT, CV, DIRECT, WIDE_NB);                             \
+    for (; b < b1; b++) WIDE_STEP(QT, CV, DIRECT, 1);                                              \
 }
 
-#define DEFINE_WIDE_TILES(QT, CV)                                                                  \
+#define DEFINE_WIDE_TILES_(QT, CV)                                                                 \
     DEFINE_WIDE_TILE(wtile_##QT##_##CV, QT, CV, 0)                                                 \
     DEFINE_WIDE_TILE(wdtile_##QT##_##CV, QT, CV, 1)
+#define DEFINE_WIDE_TILES(QT, CV) DEFINE_WIDE_TILES_(QT, CV)
+#define DEFINE_WIDE_TILES_C(CV)                                                                    \
+    DEFINE_WIDE_TILES(1, CV) DEFINE_WIDE_TILES(2, CV) DEFINE_WIDE_TILES(H3, CV)                    \
+    DEFINE_WIDE_TILES(H4, CV) DEFINE_WIDE_TILES(H5, CV)
+DEFINE_WIDE_TILES_C(1) DEFINE_WIDE_TILES_C(2) DEFINE_WIDE_TILES_C(3) DEFINE_WIDE_TILES_C(4)
 
-DEFINE_WIDE_TILES(1, 1) DEFINE_WIDE_TILES(2, 1) DEFINE_WIDE_TILES(4, 1) DEFINE_WIDE_TILES(8, 1)
-DEFINE_WIDE_TILES(12, 1)
-DEFINE_WIDE_TILES(1, 2) DEFINE_WIDE_TILES(2, 2) DEFINE_WIDE_TILES(4, 2) DEFINE_WIDE_TILES(8, 2)
-DEFINE_WIDE_TILES(12, 2)
-DEFINE_WIDE_TILES(1, 3) DEFINE_WIDE_TILES(2, 3) DEFINE_WIDE_TILES(4, 3) DEFINE_WIDE_TILES(8, 3)
-DEFINE_WIDE_TILES(12, 3)
-DEFINE_WIDE_TILES(1, 4) DEFINE_WIDE_TILES(2, 4) DEFINE_WIDE_TILES(4, 4) DEFINE_WIDE_TILES(8, 4)
-DEFINE_WIDE_TILES(12, 4)
-
+#define NAMES_(P, H, CV) P##_##H##_##CV
+#define NAMES(P, H, CV) NAMES_(P, H, CV)
 typedef void (*tile_fn)(const float *, const float *, int64_t, const float *, const float *,
                         const float *, int64_t, int64_t, int, float *, float *);
-/* [mode][Cv - 1][tile height index]: heights 1, 2, 4, 8 (and 12 for the wide tiles) */
+/* [mode][Cv - 1][index into HEIGHTS] (the narrow tiles stop at the fourth height) */
+#define ROW(P, CV) {NAMES(P, 1, CV), NAMES(P, 2, CV), NAMES(P, H3, CV), NAMES(P, H4, CV), NULL}
+#define WROW(P, CV) {NAMES(P, 1, CV), NAMES(P, 2, CV), NAMES(P, H3, CV), NAMES(P, H4, CV),         \
+                     NAMES(P, H5, CV)}
 static const tile_fn TILES[2][4][5] = {
-    {{tile_1_1, tile_2_1, tile_4_1, tile_8_1, NULL}, {tile_1_2, tile_2_2, tile_4_2, tile_8_2, NULL},
-     {tile_1_3, tile_2_3, tile_4_3, tile_8_3, NULL}, {tile_1_4, tile_2_4, tile_4_4, tile_8_4, NULL}},
-    {{dtile_1_1, dtile_2_1, dtile_4_1, dtile_8_1, NULL},
-     {dtile_1_2, dtile_2_2, dtile_4_2, dtile_8_2, NULL},
-     {dtile_1_3, dtile_2_3, dtile_4_3, dtile_8_3, NULL},
-     {dtile_1_4, dtile_2_4, dtile_4_4, dtile_8_4, NULL}}};
+    {ROW(tile, 1), ROW(tile, 2), ROW(tile, 3), ROW(tile, 4)},
+    {ROW(dtile, 1), ROW(dtile, 2), ROW(dtile, 3), ROW(dtile, 4)}};
 static const tile_fn WIDE_TILES[2][4][5] = {
-    {{wtile_1_1, wtile_2_1, wtile_4_1, wtile_8_1, wtile_12_1},
-     {wtile_1_2, wtile_2_2, wtile_4_2, wtile_8_2, wtile_12_2},
-     {wtile_1_3, wtile_2_3, wtile_4_3, wtile_8_3, wtile_12_3},
-     {wtile_1_4, wtile_2_4, wtile_4_4, wtile_8_4, wtile_12_4}},
-    {{wdtile_1_1, wdtile_2_1, wdtile_4_1, wdtile_8_1, wdtile_12_1},
-     {wdtile_1_2, wdtile_2_2, wdtile_4_2, wdtile_8_2, wdtile_12_2},
-     {wdtile_1_3, wdtile_2_3, wdtile_4_3, wdtile_8_3, wdtile_12_3},
-     {wdtile_1_4, wdtile_2_4, wdtile_4_4, wdtile_8_4, wdtile_12_4}}};
-static const int HEIGHTS[5] = {1, 2, 4, 8, 12};
+    {WROW(wtile, 1), WROW(wtile, 2), WROW(wtile, 3), WROW(wtile, 4)},
+    {WROW(wdtile, 1), WROW(wdtile, 2), WROW(wdtile, 3), WROW(wdtile, 4)}};
 
 /* The wide tiles are used from this dimension on (measured, benchmarks/bench_engine.py) */
 #ifndef WIDE_MIN_DIM
@@ -318,8 +352,9 @@ int lemmse_attend_f32(const float *Q, const float *qscale, int64_t M, int64_t D,
     if (Cv < 1 || Cv > 4) return 1;
     const int wide = D >= WIDE_MIN_DIM;
     const tile_fn *T = (wide ? WIDE_TILES : TILES)[direct ? 1 : 0][Cv - 1];
-    const int64_t th = wide ? 12 : 8;  /* rows of a work item */
-    if (wide && kchunk_blocks > 1) kchunk_blocks &= ~(int64_t)1;  /* whole pairs of blocks */
+    const int64_t th = wide ? WIDE_ROWS : NARROW_ROWS;  /* rows of a work item */
+    if (wide && WIDE_NB == 2 && kchunk_blocks > 1)
+        kchunk_blocks &= ~(int64_t)1;  /* whole pairs of blocks */
     (void)M;
     const int64_t S = (Cv + 1) * 16;
     /* Work items: (group, query tile of <= th rows).  The tiles are split between the threads

@@ -1,5 +1,6 @@
 /*
- * Sliding-window (shift) formulation of the physics-agnostic LE-MMSE on x86-64 with AVX-512.
+ * Sliding-window (shift) formulation of the physics-agnostic LE-MMSE on x86-64, compiled with
+ * AVX-512 or with AVX2 + FMA (the vector layer lemmse/_kernels/simd.h).
  *
  * For a query image v (C, H, W), a training key image u (C, H, W) with clean values x, and a
  * circular shift t = (a, b), query pixel i is paired with the key centred at j = i + t:
@@ -14,9 +15,10 @@
  * position group table gid (physics-aware inpainting) the pair (i, i + t) is admissible iff
  * gid[i] == gid[i + t]; other pairs get weight 0 (t = 0 is always admissible).
  *
- * Vectorisation: 16 fp32 lanes along an image row (a row of W pixels takes Wv = ceil(W/16)
- * vectors; the lanes past W compute on real, finite pixels and are never read back).  Every
- * lane is one query pixel and its arithmetic does not depend on its neighbours, so the result
+ * Vectorisation: VL fp32 lanes (16 on AVX-512, 8 on AVX2) along an image row; a row of W pixels
+ * takes SW = 16 ceil(W / 16) lanes on either instruction set (the layout of the caller's state),
+ * Wv = SW / VL vectors; the lanes past W compute on real, finite pixels and are never read back.
+ * Every lane is one query pixel and its arithmetic does not depend on its neighbours, so the result
  * does not depend on how rows are grouped into work items or on the number of threads.
  *
  * Layout (arguments):
@@ -45,7 +47,6 @@
  * index needs a modulo in the inner loops.  Workers run with flush-to-zero and
  * denormals-are-zero (far keys give weights below 2^-126; denormal arithmetic is ~100x slower).
  */
-#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -53,7 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "avx512_common.h"
+#include "simd.h"
 
 #define SLACK 16.0f
 #define MERGE_TERMS 64
@@ -103,27 +104,24 @@ static void tile_i32(int32_t *dst, int64_t rows, int64_t stride, const int32_t *
 /* fold the fp32 partial sums of rows [0, Rb) into the float64 state and clear them */
 static void merge(const job_t *J, float *l1, double *l2, int64_t Rb) {
     const int64_t n = Rb * (J->C + 1) * J->SW;
-    for (int64_t i = 0; i < n; i += 8) {
-        __m512d g = _mm512_loadu_pd(l2 + i);
-        _mm512_storeu_pd(l2 + i, _mm512_add_pd(g, _mm512_cvtps_pd(_mm256_load_ps(l1 + i))));
-    }
+    for (int64_t i = 0; i < n; i += VL) vd_add_f32(l2 + i, l1 + i);
     memset(l1, 0, (size_t)n * sizeof(float));
 }
 
 /* squared differences of the C channels of a query row and a key row, one vector */
-static inline __attribute__((always_inline)) __m512
+static inline __attribute__((always_inline)) vf
 sqdiff(const float *vr, int64_t VPS, const float *ur, int64_t UTS, const int C) {
-    __m512 d = _mm512_setzero_ps();
+    vf d = vzero();
     for (int c = 0; c < C; c++) {
-        __m512 df = _mm512_sub_ps(_mm512_load_ps(vr + c * VPS), _mm512_loadu_ps(ur + c * UTS));
-        d = _mm512_fmadd_ps(df, df, d);
+        vf df = vsub(vload(vr + c * VPS), vloadu(ur + c * UTS));
+        d = vfmadd(df, df, d);
     }
     return d;
 }
 
 /* Horizontal pass of one shift: squared differences of every padded row pair, then the
    horizontal box sum h[x] = sum_{k < P} d[x + k], into h[(Rb + 2r)][SW].  The shifted vectors
-   are lane permutes of two consecutive d vectors (kept in registers for P <= 17; beyond, the
+   are lane permutes of two consecutive d vectors (kept in registers for P <= VL + 1; beyond, the
    row of d goes through memory and is reloaded aligned: an unaligned load straddling two fresh
    stores would stall on the failed store forwarding). */
 static inline __attribute__((always_inline)) void
@@ -133,7 +131,6 @@ horizontal(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, int64_t a, 
     const int64_t Wd = J->Wd, SU = J->SU;
     const int64_t VPS = (J->H + 2 * r) * SD, UTS = J->RU * SU;
     float *drow = bf->drow;
-    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     /* whole image: rows r .. r + H - 1 are all the distinct row pairs; the halo rows above and
        below are the same row pairs (circularly), copied after the loop */
     const int whole = Rb == J->H;
@@ -142,32 +139,29 @@ horizontal(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, int64_t a, 
         const float *vr = bf->Vp + (y0 + yy) * SD;
         const float *ur = bf->Ut + (y0 + yy + a) * SU + bb;
         float *hr = h + yy * SW;
-        if (P <= 17) {
-            __m512 dc = sqdiff(vr, VPS, ur, UTS, C);
+        if (P <= VL + 1) {
+            vf dc = sqdiff(vr, VPS, ur, UTS, C);
             for (int64_t xv = 0; xv < Wv; xv++) {
-                __m512 dn = sqdiff(vr + xv * 16 + 16, VPS, ur + xv * 16 + 16, UTS, C);
-                __m512 acc = dc;
+                vf dn = sqdiff(vr + xv * VL + VL, VPS, ur + xv * VL + VL, UTS, C);
+                vf acc = dc;
                 for (int64_t k = 1; k < P; k++)
-                    acc = _mm512_add_ps(acc, k == 16 ? dn : _mm512_permutex2var_ps(
-                        dc, _mm512_add_epi32(iota, _mm512_set1_epi32((int)k)), dn));
-                _mm512_store_ps(hr + xv * 16, acc);
+                    acc = vadd(acc, k == VL ? dn : vwindow(dc, dn, (int)k));
+                vstore(hr + xv * VL, acc);
                 dc = dn;
             }
             continue;
         }
         for (int64_t xv = 0; xv < Wd; xv++)
-            _mm512_store_ps(drow + xv * 16, sqdiff(vr + xv * 16, VPS, ur + xv * 16, UTS, C));
+            vstore(drow + xv * VL, sqdiff(vr + xv * VL, VPS, ur + xv * VL, UTS, C));
         for (int64_t xv = 0; xv < Wv; xv++) {
-            __m512 acc = _mm512_load_ps(drow + xv * 16);
+            vf acc = vload(drow + xv * VL);
             for (int64_t k = 1; k < P; k++) {
-                const int64_t j = xv + k / 16, kk = k % 16;
-                __m512 lo = _mm512_load_ps(drow + j * 16);
-                __m512 sh = kk == 0 ? lo : _mm512_permutex2var_ps(
-                    lo, _mm512_add_epi32(iota, _mm512_set1_epi32((int)kk)),
-                    _mm512_load_ps(drow + j * 16 + 16));
-                acc = _mm512_add_ps(acc, sh);
+                const int64_t j = xv + k / VL, kk = k % VL;
+                vf lo = vload(drow + j * VL);
+                vf sh = kk == 0 ? lo : vwindow(lo, vload(drow + j * VL + VL), (int)kk);
+                acc = vadd(acc, sh);
             }
-            _mm512_store_ps(hr + xv * 16, acc);
+            vstore(hr + xv * VL, acc);
         }
     }
     if (whole) {  /* halo rows: row yy and row yy + H are the same row pair */
@@ -179,37 +173,28 @@ horizontal(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, int64_t a, 
     }
 }
 
-/* Online softmax update of one query row's 16 lanes with the distances of one shift. */
+/* Online softmax update of one query row's VL lanes with the distances of one shift. */
 static inline __attribute__((always_inline)) void
-update(__m512 dist, __m512 s, __m512 *nm, __m512 *st, __mmask16 adm, const float *xr,
+update(vf dist, vf s, vf *nm, vf *st, vmask adm, const float *xr,
        int64_t XTS, double *gp, int64_t SW, const int C, const int G) {
-    const __m512 slack = _mm512_set1_ps(SLACK), floor2 = _mm512_set1_ps(-256.0f);
-    const __m512 neg0 = _mm512_set1_ps(-0.0f);
-    __m512 x = _mm512_fmadd_ps(dist, s, *nm);
-    __mmask16 big = _mm512_mask_cmp_ps_mask(adm, x, slack, _CMP_GT_OQ);
-    if (big) {  /* raise the running maximum of these lanes, rescale their sums */
-        __m512 l = _mm512_mul_ps(dist, s);
-        __m512 nn = _mm512_mask_xor_ps(*nm, big, l, neg0);  /* -l */
-        __m512 sc = exp2_ps(_mm512_max_ps(_mm512_sub_ps(nn, *nm), floor2));
-        for (int c = 0; c <= C; c++) st[c] = _mm512_mul_ps(st[c], sc);
-        __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sc));
-        __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(
-            _mm512_extractf64x4_pd(_mm512_castps_pd(sc), 1)));
-        for (int c = 0; c <= C; c++) {
-            __m512d g0 = _mm512_loadu_pd(gp + c * SW);
-            __m512d g1 = _mm512_loadu_pd(gp + c * SW + 8);
-            _mm512_storeu_pd(gp + c * SW, _mm512_mask_mul_pd(g0, (__mmask8)big, g0, slo));
-            _mm512_storeu_pd(gp + c * SW + 8,
-                             _mm512_mask_mul_pd(g1, (__mmask8)(big >> 8), g1, shi));
-        }
+    const vf slack = vset1(SLACK), floor2 = vset1(-256.0f);
+    const vf neg0 = vset1(-0.0f);
+    vf x = vfmadd(dist, s, *nm);
+    vmask big = vmask_gt(adm, x, slack);
+    if (vmask_any(big)) {  /* raise the running maximum of these lanes, rescale their sums */
+        vf l = vmul(dist, s);
+        vf nn = vmask_xor(*nm, big, l, neg0);  /* -l */
+        vf sc = exp2_ps(vmax(vsub(nn, *nm), floor2));
+        for (int c = 0; c <= C; c++) st[c] = vmul(st[c], sc);
+        for (int c = 0; c <= C; c++) vd_mul_masked(gp + c * SW, big, sc);
         *nm = nn;
-        x = _mm512_fmadd_ps(dist, s, nn);
+        x = vfmadd(dist, s, nn);
     }
-    __m512 e = exp2_ps(x);
-    if (G) e = _mm512_maskz_mov_ps(adm, e);
-    st[0] = _mm512_add_ps(st[0], e);
+    vf e = exp2_ps(x);
+    if (G) e = vmaskz(adm, e);
+    st[0] = vadd(st[0], e);
     for (int c = 0; c < C; c++)
-        st[c + 1] = _mm512_fmadd_ps(e, _mm512_loadu_ps(xr + c * XTS), st[c + 1]);
+        st[c + 1] = vfmadd(e, vloadu(xr + c * XTS), st[c + 1]);
 }
 
 /* Vertical pass and online softmax update of NK shifts whose horizontal passes are in
@@ -222,7 +207,7 @@ update(__m512 dist, __m512 s, __m512 *nm, __m512 *st, __mmask16 adm, const float
    base-2 logit relative to the maximum is x = dist * s + nm: one fma.  All pointers are local
    (the may_alias vector stores would otherwise force reloads of pointers read via a struct). */
 static inline __attribute__((always_inline)) void
-vertical(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, float *mrow,
+vertical(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, vf s, float *mrow,
          double *l2, const int64_t *sa, const int64_t *sb, const int C, const int G,
          const int PP, const int NK) {
     const int64_t P = PP ? PP : J->P, r = P / 2, SW = J->SW, Wv = J->Wv, SX = J->SX;
@@ -236,51 +221,48 @@ vertical(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, flo
         xk[k] = bf->Xt + (y0 + sa[k]) * SX + sb[k];
         gk[k] = G ? bf->Gt + (y0 + sa[k]) * SX + sb[k] : NULL;
     }
-    const __m512 neg0 = _mm512_set1_ps(-0.0f);
+    const vf neg0 = vset1(-0.0f);
     for (int64_t y = 0; y < Rb; y += 2) {
         const int two = y + 1 < Rb;
         for (int64_t xv = 0; xv < Wv; xv++) {
-            const int64_t oh = y * SW + xv * 16, ox = y * SX + xv * 16;
+            const int64_t oh = y * SW + xv * VL, ox = y * SX + xv * VL;
             float *mp = mrow + oh;
-            float *lp = l1 + y * LS + xv * 16;
-            double *gp = l2 + y * LS + xv * 16;
-            __m512 nm0 = _mm512_xor_ps(_mm512_loadu_ps(mp), neg0), nm1 = nm0;
-            __m512 st0[5], st1[5];
-            for (int c = 0; c <= C; c++) st0[c] = st1[c] = _mm512_load_ps(lp + c * SW);
+            float *lp = l1 + y * LS + xv * VL;
+            double *gp = l2 + y * LS + xv * VL;
+            vf nm0 = vxor(vloadu(mp), neg0), nm1 = nm0;
+            vf st0[5], st1[5];
+            for (int c = 0; c <= C; c++) st0[c] = st1[c] = vload(lp + c * SW);
             if (two) {
-                nm1 = _mm512_xor_ps(_mm512_loadu_ps(mp + SW), neg0);
-                for (int c = 0; c <= C; c++) st1[c] = _mm512_load_ps(lp + LS + c * SW);
+                nm1 = vxor(vloadu(mp + SW), neg0);
+                for (int c = 0; c <= C; c++) st1[c] = vload(lp + LS + c * SW);
             }
             for (int k = 0; k < NK; k++) {
                 const float *hk = hbuf + k * HS + oh;
-                __m512 common = _mm512_setzero_ps();
+                vf common = vzero();
                 if (P > 1) {
-                    common = _mm512_load_ps(hk + SW);
+                    common = vload(hk + SW);
                     for (int64_t j = 2; j < P; j++)
-                        common = _mm512_add_ps(common, _mm512_load_ps(hk + j * SW));
+                        common = vadd(common, vload(hk + j * SW));
                 }
-                __m512 d0 = P > 1 ? _mm512_add_ps(common, _mm512_load_ps(hk)) : _mm512_load_ps(hk);
-                __mmask16 adm0 = 0xFFFF, adm1 = 0xFFFF;
+                vf d0 = P > 1 ? vadd(common, vload(hk)) : vload(hk);
+                vmask adm0 = VMASK_ALL, adm1 = VMASK_ALL;
                 if (G) {
-                    const int32_t *gq = Gq + (y0 + y) * SW + xv * 16;
-                    adm0 = _mm512_cmpeq_epi32_mask(_mm512_load_si512(gq),
-                                                   _mm512_loadu_si512(gk[k] + ox));
+                    const int32_t *gq = Gq + (y0 + y) * SW + xv * VL;
+                    adm0 = vmask_eq_i32(gq, gk[k] + ox);
                     if (two)
-                        adm1 = _mm512_cmpeq_epi32_mask(_mm512_load_si512(gq + SW),
-                                                       _mm512_loadu_si512(gk[k] + ox + SX));
+                        adm1 = vmask_eq_i32(gq + SW, gk[k] + ox + SX);
                 }
                 update(d0, s, &nm0, st0, adm0, xk[k] + ox, XTS, gp, SW, C, G);
                 if (two) {
-                    __m512 d1 = P > 1 ? _mm512_add_ps(common, _mm512_load_ps(hk + P * SW))
-                                      : _mm512_load_ps(hk + SW);
+                    vf d1 = P > 1 ? vadd(common, vload(hk + P * SW)) : vload(hk + SW);
                     update(d1, s, &nm1, st1, adm1, xk[k] + ox + SX, XTS, gp + LS, SW, C, G);
                 }
             }
-            for (int c = 0; c <= C; c++) _mm512_store_ps(lp + c * SW, st0[c]);
-            _mm512_storeu_ps(mp, _mm512_xor_ps(nm0, neg0));
+            for (int c = 0; c <= C; c++) vstore(lp + c * SW, st0[c]);
+            vstoreu(mp, vxor(nm0, neg0));
             if (two) {
-                for (int c = 0; c <= C; c++) _mm512_store_ps(lp + LS + c * SW, st1[c]);
-                _mm512_storeu_ps(mp + SW, _mm512_xor_ps(nm1, neg0));
+                for (int c = 0; c <= C; c++) vstore(lp + LS + c * SW, st1[c]);
+                vstoreu(mp + SW, vxor(nm1, neg0));
             }
         }
     }
@@ -290,7 +272,7 @@ vertical(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, flo
    shifts (the horizontal pass of each, then one vertical pass for the block). */
 #define KB 4
 static inline __attribute__((always_inline)) void
-shifts_body(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, float *mrow,
+shifts_body(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, vf s, float *mrow,
             double *l2, int64_t *pending, const int32_t *shifts, int64_t T, const int C,
             const int G, const int PP) {
     const int64_t P = PP ? PP : J->P, HS = (J->R + 2 * (P / 2)) * J->SW;
@@ -320,12 +302,12 @@ shifts_body(const job_t *J, const bufs_t *bf, int64_t y0, int64_t Rb, __m512 s, 
     }
 }
 
-typedef void (*shifts_fn)(const job_t *, const bufs_t *, int64_t, int64_t, __m512, float *,
+typedef void (*shifts_fn)(const job_t *, const bufs_t *, int64_t, int64_t, vf, float *,
                           double *, int64_t *, const int32_t *, int64_t);
 /* specialised on the channels C, the use of position groups G and the patch size (0: any) */
 #define DEFINE_SHIFTS(C, G, P)                                                                 \
     static void shifts_##C##_##G##_##P(const job_t *J, const bufs_t *bf, int64_t y0,           \
-                                       int64_t Rb, __m512 s, float *mrow, double *l2,          \
+                                       int64_t Rb, vf s, float *mrow, double *l2,              \
                                        int64_t *pending, const int32_t *sh, int64_t T) {       \
         shifts_body(J, bf, y0, Rb, s, mrow, l2, pending, sh, T, C, G, P);                       \
     }
@@ -362,7 +344,7 @@ static void run_item(const job_t *J, const bufs_t *bf, int64_t item) {
     for (int64_t c = 0; c < C; c++)
         tile_f32(bf->Vp + c * (H + 2 * r) * J->SD, H + 2 * r, J->SD,
                  J->V + (b * C + c) * H * W, H, W, r);
-    const __m512 s = _mm512_set1_ps(J->qs[b]);
+    const vf s = vset1(J->qs[b]);
     float *mrow = J->m + ((b * J->S + g) * H + y0) * SW;
     double *l2 = J->acc + ((b * J->S + g) * H + y0) * (C + 1) * SW;
     memset(bf->l1, 0, (size_t)(Rb * (C + 1) * SW) * sizeof(float));
@@ -468,10 +450,10 @@ int lemmse_slide_f32(const float *V, const float *qs, int64_t B, int64_t C, int6
     if (job->R > H) job->R = H;
     job->nbands = (H + job->R - 1) / job->R;
     job->nitems = B * S * job->nbands;
-    job->Wv = (W + 15) / 16;
-    job->SW = 16 * job->Wv;
-    job->Wd = job->Wv + ((P + 13) / 16 > 1 ? (P + 13) / 16 : 1);  /* row of d + lookahead */
-    job->SD = 16 * job->Wd;
+    job->SW = round16(W);
+    job->Wv = job->SW / VL;
+    job->Wd = job->Wv + ((P + VL - 3) / VL > 1 ? (P + VL - 3) / VL : 1);  /* row of d + lookahead */
+    job->SD = VL * job->Wd;
     job->amax = amax; job->bmax = bmax;
     job->RU = H + 2 * job->r + amax;
     job->SU = round16(bmax + job->SD);
