@@ -192,7 +192,8 @@ def main(argv=None):
             os.environ["LEMMSE_DATA"] = os.path.abspath(shared)
     names = args.only or list(settings)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, sigma={args.sigma}, "
-          f"native kernel: {lemmse.engine.load_kernel() is not None}")
+          f"native kernels: {lemmse.engine.load_kernel() is not None} "
+          f"(instruction set: {lemmse._native.isa()})")
     mm = [matmul_gflops()]
     rows = []
     for name in names:

@@ -59,6 +59,7 @@
 #define SLACK 16.0f
 #define MERGE_TERMS 64
 
+
 typedef struct {
     const float *V, *qs, *U, *X;
     const int32_t *shifts, *gid;
@@ -180,7 +181,7 @@ update(vf dist, vf s, vf *nm, vf *st, vmask adm, const float *xr,
     const vf slack = vset1(SLACK), floor2 = vset1(-256.0f);
     const vf neg0 = vset1(-0.0f);
     vf x = vfmadd(dist, s, *nm);
-    vmask big = vmask_gt(adm, x, slack);
+    vmask big = G ? vmask_gt(adm, x, slack) : vcmp_gt(x, slack);
     if (vmask_any(big)) {  /* raise the running maximum of these lanes, rescale their sums */
         vf l = vmul(dist, s);
         vf nn = vmask_xor(*nm, big, l, neg0);  /* -l */
