@@ -184,6 +184,34 @@ def test_aware_inpainting(opname, C, P):
 
 
 @needs_slide
+@pytest.mark.parametrize("cls", [LEMMSE, LocalMMSE])
+@pytest.mark.parametrize("P", [3, 5, 9])
+@pytest.mark.parametrize("B", [1, 3])
+def test_exact_locality(cls, P, B):
+    """Bitwise locality: a perturbation of y at pixel j changes no output pixel outside the P x P
+    window of j, not even by a rounding.  The lanes of a vector share the decision to raise a
+    running maximum, and a lane whose maximum did not move is rescaled by exp2(0), which must be
+    exactly 1.  One query image is split into bands of rows between the threads (B = 1), three are
+    whole-image work items (B = 3); j sits at the right edge so that the window wraps around."""
+    H, W = 28, 28
+    train, x, e = clean(1, H, W, 40, seed=5, B=2)
+    y = noisy(x[:1].expand(B, -1, -1, -1), e[:1].expand(B, -1, -1, -1), 0.2).contiguous()
+    j = (13, 26)
+    y2 = y.clone()
+    y2[:, 0, j[0], j[1]] += 0.5
+    est = cls(train, patch_size=P)
+    a, b = est(y2, 0.2), est(y, 0.2)
+    assert est._last_path == "slide"
+    dr = (torch.arange(H) - j[0]) % H
+    dc = (torch.arange(W) - j[1]) % W
+    dr, dc = torch.minimum(dr, H - dr), torch.minimum(dc, W - dc)
+    window = (dr[:, None] <= P // 2) & (dc[None, :] <= P // 2)
+    changed = (a != b)[:, 0]
+    assert not (changed & ~window).any(), (changed & ~window).nonzero().tolist()
+    assert changed[:, window].float().mean() > 0.5  # the perturbation is seen inside
+
+
+@needs_slide
 @pytest.mark.parametrize("C,P,H,W", [(1, 3, 7, 7), (3, 5, 9, 8), (1, 7, 16, 16)])
 def test_local_mmse(C, P, H, W):
     train, x, e = clean(C, H, W, 6, seed=31)

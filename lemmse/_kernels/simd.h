@@ -20,8 +20,8 @@
  *   vmask_reduce_max(m, a)     max of a over the lanes of m (m not empty)
  *   vmask_eq_i32(p, q)         lanes where the int32 at p (aligned) equals the one at q
  *   vwindow(lo, hi, k)         lanes k .. k + VL - 1 of the concatenation (lo, hi), 0 < k < VL
- *   exp2_ps(x)                 2^x, relative error ~2e-7, for x <= 64; results below 2^-126
- *                              are 0 (the kernels run with flush-to-zero)
+ *   exp2_ps(x)                 2^x, relative error ~2e-7, exactly 1 at x = 0, for x <= 64;
+ *                              results below 2^-126 are 0 (the kernels run with flush-to-zero)
  *   vd_mul_masked(g, m, s)     the VL doubles at g (unaligned) times the fp32 lanes of s, where m
  *   vd_add_f32(g, f)           the VL doubles at g (unaligned) plus the VL floats at f (aligned)
  */
@@ -31,15 +31,16 @@
 #include <math.h>
 #include <stdint.h>
 
-/* 2^f on [-0.5, 0.5] for the AVX2 exp2: a degree-5 polynomial fitted for the least maximum
-   relative error (7e-8 in exact arithmetic, 2.3e-7 evaluated in fp32; the AVX-512 exp2 keeps the
-   degree-6 polynomial its kernels were measured with) */
-#define EXP2_C0 1.00000007f
-#define EXP2_C1 0.693146968f
-#define EXP2_C2 0.240221197f
-#define EXP2_C3 0.0555071347f
-#define EXP2_C4 0.00967553956f
-#define EXP2_C5 0.00132764806f
+/* 2^f on [-0.5, 0.5] for the AVX2 exp2: 1 + f (C1 + f (C2 + ...)), a degree-5 polynomial fitted
+   for the least maximum relative error (9e-8 in exact arithmetic, 1.9e-7 evaluated in fp32) with
+   the constant term exactly 1, so that exp2(0) == 1: the kernels rescale every lane of a vector by
+   exp2(old max - new max), which must leave the lanes whose maximum did not move unchanged
+   (the AVX-512 exp2 keeps the degree-6 polynomial its kernels were measured with) */
+#define EXP2_C1 0.693147004f
+#define EXP2_C2 0.240222424f
+#define EXP2_C3 0.0555073358f
+#define EXP2_C4 0.00967151299f
+#define EXP2_C5 0.00132647285f
 
 #if defined(__AVX512F__)
 
@@ -185,7 +186,7 @@ static inline vf exp2_ps(vf x) {
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_C3));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_C2));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_C1));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_C0));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
     return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 
