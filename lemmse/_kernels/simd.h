@@ -44,7 +44,6 @@
 
 #if defined(__AVX512F__)
 
-#define LEMMSE_ISA "avx512"
 #define VL 16
 typedef __m512 vf;
 typedef __mmask16 vmask;
@@ -107,7 +106,6 @@ static inline __attribute__((always_inline)) void vd_add_f32(double *g, const fl
 
 #elif defined(__AVX2__) && defined(__FMA__)
 
-#define LEMMSE_ISA "avx2"
 #define VL 8
 typedef __m256 vf;
 typedef __m256 vmask;
