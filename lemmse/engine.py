@@ -277,16 +277,48 @@ class StreamingAttention:
                 if self._pass == 2:
                     self._second_pass(r0, r1, S, None if ids is None else ids[c0:c1], c0)
                     continue
-                bm = S.amax(1)
-                m_new = torch.maximum(self._m[r0:r1], bm)
-                scale = torch.exp(self._m[r0:r1] - m_new)
-                # clamp: exp of very negative logits gives denormals, ~100x slower to compute;
-                # weights below e^-87 (fp32) / e^-700 (fp64) of the largest are negligible
-                S.sub_(m_new[:, None]).clamp_(min=-87.0 if S.dtype == torch.float32 else -700.0)
-                S.exp_()
-                self._den[r0:r1] = self._den[r0:r1] * scale + S.sum(1)
-                self._num[r0:r1] = self._num[r0:r1] * scale[:, None] + S @ vals[c0:c1]
-                self._m[r0:r1] = m_new
+                self._fold(r0, r1, S, vals[c0:c1])
+
+    def _fold(self, r0, r1, S, vals):
+        """Online softmax of the logit block ``S`` [r1 - r0, K] (overwritten) with values [K, Cv]."""
+        bm = S.amax(1)
+        m_new = torch.maximum(self._m[r0:r1], bm)
+        scale = torch.exp(self._m[r0:r1] - m_new)
+        # clamp: exp of very negative logits gives denormals, ~100x slower to compute;
+        # weights below e^-87 (fp32) / e^-700 (fp64) of the largest are negligible
+        S.sub_(m_new[:, None]).clamp_(min=-87.0 if S.dtype == torch.float32 else -700.0)
+        S.exp_()
+        self._den[r0:r1] = self._den[r0:r1] * scale + S.sum(1)
+        self._num[r0:r1] = self._num[r0:r1] * scale[:, None] + S @ vals
+        self._m[r0:r1] = m_new
+
+    def update_logits(self, logits, ids, values=None):
+        """Fold a block of precomputed logits of every query (torch back-end).
+
+        For estimators whose keys are cheaper to score another way (the FFT correlations of the
+        equivariant MMSE).  ``logits`` ``[M, K]`` follows the engine's convention,
+        ``(q·k - ‖k‖²/2) / σ²`` (the ``‖q‖²`` term is left to :meth:`result`); ``ids`` ``[K]``
+        (int64) names the keys for the top-k; ``values`` ``[K, Cv]`` (``None`` when
+        ``value_dim`` is 0).  In the second pass (``track=True``) it updates the diagnostics.
+        """
+        if self.backend != "torch":
+            raise ValueError("update_logits needs the torch back-end")
+        if logits.ndim != 2 or logits.shape[0] != self.M:
+            raise ValueError(f"logits must have shape [{self.M}, K], got {tuple(logits.shape)}")
+        K = logits.shape[1]
+        if ids is None or tuple(ids.shape) != (K,):
+            raise ValueError(f"ids must have shape [{K}], got "
+                             f"{None if ids is None else tuple(ids.shape)}")
+        S = logits.to(self._den.dtype).clone()
+        if self._pass == 2:
+            self._second_pass(0, self.M, S, ids, 0)
+            return
+        if values is None:
+            if self.Cv != 0:
+                raise ValueError(f"values [K, {self.Cv}] are needed (value_dim={self.Cv})")
+            values = S.new_zeros(K, 0)
+        self.n_keys += K
+        self._fold(0, self.M, S, values.to(self._num.dtype))
 
     # ------------------------------------------------------------------ diagnostics
     def begin_second_pass(self):

@@ -121,7 +121,8 @@ class Posterior:
     topk_image : Tensor ``[B, H, W, k]`` (int64)
         Training image index of each of those weights.
     topk_position : Tensor ``[B, H, W, k, 2]`` (int64)
-        ``(row, column)`` of the centre of the source patch (``(0, 0)`` for the MMSE).
+        ``(row, column)`` of the centre of the source patch (``(0, 0)`` for the MMSE; for the
+        equivariant MMSE the shift by which the training image is rolled).
     """
 
     x_hat: torch.Tensor
@@ -721,16 +722,15 @@ class EquivariantMMSE(_Estimator):
 
     _supports_inverse = False
 
-    def _estimate(self, y, s):
+    def _logit_chunks(self, v, s, extra_bytes_per_image=0):
+        """Yield ``(n0, x, L)`` per chunk of training images ``x`` (float64) from ``n0``: the
+        logits ``L[b, n, a, c] = (⟨v_b, T_(a,c) A x_n⟩ - ‖A x_n‖²/2) / σ_b²`` ``[B, Nc, H, W]``
+        of every key, the shift ``(a, c)`` rolling the image down and right."""
         f64 = torch.float64
-        v = self._query_images(y).to(f64)  # [B, C, H, W]
         Bn = v.shape[0]
         Vf = torch.fft.rfft2(v)
         inv_var = (1.0 / s.to(f64) ** 2).view(Bn, 1, 1, 1)
-        m = torch.full((Bn,), -math.inf, dtype=f64, device=self.device)
-        den = torch.zeros(Bn, dtype=f64, device=self.device)
-        num = torch.zeros(Bn, self.C, self.H, self.W, dtype=f64, device=self.device)
-        per_image = self.C * self.H * self.W * 16 * (Bn + 2)
+        per_image = self.C * self.H * self.W * 16 * (Bn + 2) + extra_bytes_per_image
         step = self._images_per_chunk(per_image)
         for n0 in range(0, self.N, step):
             x = self.train[n0:n0 + step].to(f64)
@@ -739,7 +739,16 @@ class EquivariantMMSE(_Estimator):
             # corr[b, n, g] = Σ_c Σ_p v[b,c,p] a[n,c,p-g]
             corr = torch.fft.irfft2((Vf[:, None] * Af.conj()[None]).sum(2), s=(self.H, self.W))
             half = 0.5 * (a * a).sum(dim=(1, 2, 3))
-            L = (corr - half.view(1, -1, 1, 1)) * inv_var  # [B, Nc, H, W]
+            yield n0, x, (corr - half.view(1, -1, 1, 1)) * inv_var
+
+    def _estimate(self, y, s):
+        f64 = torch.float64
+        v = self._query_images(y).to(f64)  # [B, C, H, W]
+        Bn = v.shape[0]
+        m = torch.full((Bn,), -math.inf, dtype=f64, device=self.device)
+        den = torch.zeros(Bn, dtype=f64, device=self.device)
+        num = torch.zeros(Bn, self.C, self.H, self.W, dtype=f64, device=self.device)
+        for _, x, L in self._logit_chunks(v, s):  # L: [B, Nc, H, W]
             bm = L.amax(dim=(1, 2, 3))
             m_new = torch.maximum(m, bm)
             scale = torch.exp(m - m_new)
@@ -751,3 +760,47 @@ class EquivariantMMSE(_Estimator):
             num = num * scale.view(Bn, 1, 1, 1) + conv
             m = m_new
         return (num / den.view(Bn, 1, 1, 1)).to(self.dtype)
+
+    def posterior(self, y, sigma, topk=8):
+        """Estimate plus weight diagnostics over the ``N·H·W`` keys ``T_g A x_n``.
+
+        As :meth:`MMSE.posterior`, the per-pixel fields are constant over the image.
+        ``topk_image`` is the training image ``n`` and ``topk_position`` the shift
+        ``g = (rows, columns)`` by which it is rolled (down and right).  Two extra passes over
+        the training set, in float64.
+        """
+        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
+            raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        y, s = self._prepare(y, sigma)
+        f64 = torch.float64
+        with torch.no_grad(), no_tf32():
+            x_hat = self._estimate(y, s)
+            v = self._query_images(y).to(f64)
+            Bn, H, W, HW = v.shape[0], self.H, self.W, self.H * self.W
+            D = self.C * HW
+            att = StreamingAttention(v.flatten(1), s.to(f64), None, value_dim=0,
+                                     memory_budget=self.memory_budget, backend="torch",
+                                     track=True, topk=int(topk))
+            extra = 48 * Bn * HW  # the second pass's temporaries per key
+            for p in range(2):
+                if p == 1:
+                    att.begin_second_pass()
+                for n0, _, L in self._logit_chunks(v, s, extra):
+                    ids = torch.arange(n0 * HW, n0 * HW + L[0].numel(), device=self.device)
+                    att.update_logits(L.reshape(Bn, -1), ids)
+            _, lse = att.result()
+            d = att.diagnostics()
+            logdens = lse - math.log(self.N * HW) - 0.5 * D * torch.log(2 * math.pi * s.to(f64) ** 2)
+
+            def field(t):
+                return t.view(Bn, 1, 1, *t.shape[1:]).expand(Bn, H, W, *t.shape[1:])
+
+            ids = d["topk_ids"]
+            g = ids % HW
+            pos = torch.stack([g // W, g % W], -1)
+            pos = torch.where(ids[..., None] >= 0, pos, torch.full_like(pos, -1))
+            image = torch.where(ids >= 0, ids // HW, torch.full_like(ids, -1))
+            dt = self.dtype
+            return Posterior(x_hat, field(logdens).to(dt), field(d["n50"]),
+                             field(d["participation"]).to(dt), field(d["topk_weights"]).to(dt),
+                             field(image), field(pos))

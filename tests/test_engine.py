@@ -86,6 +86,41 @@ def test_normalising_per_chunk_then_averaging_is_wrong():
     assert (att.result()[0] - ref).abs().max() < 1e-12
 
 
+def test_update_logits_equals_update():
+    """Precomputed logits (q.k - |k|^2/2) / sigma^2 fed by update_logits give the same output, lse
+    and diagnostics as the keys fed by update; wrong shapes are refused."""
+    g = torch.Generator().manual_seed(3)
+    M, K, D, Cv = 6, 50, 5, 2
+    q, k = torch.rand(M, D, generator=g, dtype=torch.float64), torch.rand(K, D, generator=g,
+                                                                         dtype=torch.float64)
+    v = torch.rand(K, Cv, generator=g, dtype=torch.float64)
+    s = torch.full((M,), 0.15, dtype=torch.float64)
+    kw = dict(value_dim=Cv, memory_budget=1 << 20, backend="torch", track=True, topk=3)
+    a, b = StreamingAttention(q, s, **kw), StreamingAttention(q, s, **kw)
+    ids = torch.arange(K) + 100
+    L = (q @ k.T - 0.5 * (k * k).sum(1)) / s[:, None] ** 2
+    for p in range(2):
+        if p:
+            a.begin_second_pass()
+            b.begin_second_pass()
+        for c0, c1 in [(0, 20), (20, K)]:
+            a.update(KeyChunk(k[c0:c1], v[c0:c1], None, ids[c0:c1]))
+            b.update_logits(L[:, c0:c1], ids[c0:c1], v[c0:c1])
+    (oa, la), (ob, lb) = a.result(), b.result()
+    assert (oa - ob).abs().max() < 1e-12 and (la - lb).abs().max() < 1e-10
+    da, db = a.diagnostics(), b.diagnostics()
+    for name in ("participation", "topk_weights"):
+        assert (da[name] - db[name]).abs().max() < 1e-12, name
+    assert torch.equal(da["topk_ids"], db["topk_ids"]) and torch.equal(da["n50"], db["n50"])
+    with pytest.raises(ValueError, match="logits must have shape"):
+        b.update_logits(L[:2], ids)
+    with pytest.raises(ValueError, match="ids must have shape"):
+        b.update_logits(L, ids[:3])
+    c = StreamingAttention(q, s, value_dim=Cv, memory_budget=1 << 20, backend="torch")
+    with pytest.raises(ValueError, match="values"):
+        c.update_logits(L, ids)
+
+
 @needs_native
 @pytest.mark.parametrize("C", [1, 3])
 @pytest.mark.parametrize("physics", ["agnostic", "blur-aware"])

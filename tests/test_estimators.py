@@ -813,6 +813,85 @@ def test_posterior_matches_oracle(case, sigma, dtype):
         assert (post.log_density.to(F64) - ref).abs().max() <= tol["logp"]
 
 
+def global_logits(estimator, ds, opname, y, sigma):
+    """Brute-force float64 logits [B, N, H, W] of the MMSE (all shifts but (0, 0) set to -inf) or
+    the E-MMSE: -||y - T_(a, c) A x_n||^2 / 2 sigma^2, T rolling down by a and right by c."""
+    train, _, _ = dataset(ds)
+    Ax = O.apply_A(oracle_op(ds, opname), train.to(F64))
+    N, C, H, W = Ax.shape
+    s = O.sigma_vector(sigma, y.shape[0])
+    out = torch.full((y.shape[0], N, H, W), -math.inf, dtype=F64)
+    for b in range(y.shape[0]):
+        for a, c in O.positions(H, W):
+            if estimator == "MMSE" and (a, c) != (0, 0):
+                continue
+            key = torch.roll(Ax, shifts=(a, c), dims=(-2, -1))
+            out[b, :, a, c] = -((y[b] - key) ** 2).sum(dim=(1, 2, 3)) / (2 * s[b] ** 2)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("sigma", [0.05, 0.3])
+@pytest.mark.parametrize("estimator,ds,opname", [
+    ("MMSE", "g9", "denoising"), ("MMSE", "c7", "blur"),
+    ("EquivariantMMSE", "g9", "denoising"), ("EquivariantMMSE", "r79", "blur_asym"),
+    ("EquivariantMMSE", "c7", "denoising"),
+])
+def test_global_posterior_matches_oracle(estimator, ds, opname, sigma, dtype):
+    """MMSE and E-MMSE posterior(): weights over the N (MMSE) or N*H*W (E-MMSE) keys, constant
+    over the pixels, against softmax(brute-force logits); topk_position is the key's shift."""
+    d = DATASETS[ds]
+    B, C, H, W = 2, d["C"], d["H"], d["W"]
+    train, _, _ = dataset(ds)
+    y = measurement(ds, opname, sigma)
+    L = global_logits(estimator, ds, opname, y, sigma)  # [B, N, H, W]
+    kwargs = {} if dtype == F32 else {"dtype": F64}
+    est = make(estimator, train, oracle_op(ds, opname), **kwargs)
+    k = 4
+    post = est.posterior(y.to(dtype), sigma, topk=k)
+    tol = POSTERIOR_TOL[dtype]
+    assert (post.x_hat.to(F64) - run_est(est, y, sigma, dtype)).abs().max() <= ATOL[dtype]
+    for name in ("log_density", "n50", "participation"):
+        t = getattr(post, name)
+        assert tuple(t.shape) == (B, H, W), name
+        assert bool((t == t[:, :1, :1]).all()), f"{name} is not constant over the image"
+    flat = L.reshape(B, -1)
+    w = torch.softmax(flat, dim=1)
+    srt = torch.sort(w, dim=1, descending=True)
+    tw = post.topk_weights.to(F64)[:, 0, 0]  # [B, k]
+    assert (tw - srt.values[:, :k]).abs().max() <= tol["w"]
+    assert torch.allclose(post.participation.to(F64)[:, 0, 0], 1 / (w ** 2).sum(1),
+                          rtol=tol["part"], atol=0)
+    cum = srt.values.cumsum(1)
+    n50 = (cum < 0.5).sum(1) + 1
+    margin = torch.minimum(0.5 - torch.where(n50 >= 2, cum.gather(1, (n50 - 2).clamp(min=0)[:, None])[:, 0],
+                                             torch.zeros(B, dtype=F64)),
+                           cum.gather(1, (n50 - 1)[:, None])[:, 0] - 0.5)
+    robust = margin > tol["margin"]
+    assert torch.equal(post.n50[:, 0, 0][robust], n50[robust])
+    N = train.shape[0]
+    K = N if estimator == "MMSE" else N * H * W
+    D = C * H * W
+    s = O.sigma_vector(sigma, B)
+    ref = torch.logsumexp(flat, 1) - math.log(K) - 0.5 * D * torch.log(2 * math.pi * s ** 2)
+    assert (post.log_density.to(F64)[:, 0, 0] - ref).abs().max() <= tol["logp"]
+    # the sources point at keys of the reported weights
+    img = post.topk_image[:, 0, 0].long()
+    pos = post.topk_position[:, 0, 0].long()
+    assert bool((img >= 0).all()) and bool((img < N).all())
+    w4 = w.view(B, N, H, W)
+    at = w4[torch.arange(B)[:, None], img, pos[..., 0], pos[..., 1]]
+    assert (at - tw).abs().max() <= tol["w"]
+    if estimator == "MMSE":
+        assert bool((pos == 0).all())
+    # where the top weight is clearly the largest, top-1 is exactly its key
+    clear = (srt.values[:, 0] - srt.values[:, 1]) > 1e-3
+    arg = srt.indices[:, 0]
+    assert torch.equal(img[:, 0][clear], (arg // (H * W))[clear])
+    assert torch.equal(pos[:, 0, 0][clear], (arg % (H * W) // W)[clear])
+    assert torch.equal(pos[:, 0, 1][clear], (arg % W)[clear])
+
+
 def test_posterior_chunked_equals_unchunked():
     ds, opname = "c7", "box"
     train, _, _ = dataset(ds)
