@@ -309,10 +309,10 @@ class StreamingAttention:
         if ids is None or tuple(ids.shape) != (K,):
             raise ValueError(f"ids must have shape [{K}], got "
                              f"{None if ids is None else tuple(ids.shape)}")
-        S = logits.to(self._den.dtype).clone()
         if self._pass == 2:
-            self._second_pass(0, self.M, S, ids, 0)
+            self._second_pass(0, self.M, logits.to(self._den.dtype), ids, 0)
             return
+        S = logits.to(self._den.dtype, copy=True)  # _fold overwrites it
         if values is None:
             if self.Cv != 0:
                 raise ValueError(f"values [K, {self.Cv}] are needed (value_dim={self.Cv})")

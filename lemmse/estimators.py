@@ -134,6 +134,14 @@ class Posterior:
     topk_position: torch.Tensor
 
 
+def _image_posterior(x_hat, *per_image, H, W):
+    """A :class:`Posterior` whose per-pixel fields are one value per image (the global MMSE and
+    E-MMSE): each ``[B, ...]`` diagnostic expanded to ``[B, H, W, ...]``."""
+    def field(t):
+        return t.view(t.shape[0], 1, 1, *t.shape[1:]).expand(t.shape[0], H, W, *t.shape[1:])
+    return Posterior(x_hat, *(field(t) for t in per_image))
+
+
 def _check_images(x, name, *, dtype=None, shape=None, device=None):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [B, C, H, W], got {type(x).__name__}")
@@ -695,19 +703,14 @@ class MMSE(_Estimator):
             _, lse, att, D = self._run(y, s, track=True, topk=int(topk))
             x_hat = self._estimate(y, s)
             d = att.diagnostics()
-            Bn, H, W = y.shape[0], self.H, self.W
+            H, W = self.H, self.W
             logdens = lse - math.log(self.N) - 0.5 * D * torch.log(2 * math.pi * s ** 2)
-
-            def field(t):
-                return t.view(Bn, 1, 1, *t.shape[1:]).expand(Bn, H, W, *t.shape[1:])
-
             ids = d["topk_ids"]
             pos = torch.where(ids[..., None] >= 0, torch.zeros(*ids.shape, 2, dtype=torch.int64,
                                                                 device=ids.device), -1)
             dt = self.dtype
-            return Posterior(x_hat, field(logdens).to(dt), field(d["n50"]),
-                             field(d["participation"]).to(dt), field(d["topk_weights"]).to(dt),
-                             field(ids), field(pos))
+            return _image_posterior(x_hat, logdens.to(dt), d["n50"], d["participation"].to(dt),
+                                    d["topk_weights"].to(dt), ids, pos, H=H, W=W)
 
 
 class EquivariantMMSE(_Estimator):
@@ -791,16 +794,11 @@ class EquivariantMMSE(_Estimator):
             _, lse = att.result()
             d = att.diagnostics()
             logdens = lse - math.log(self.N * HW) - 0.5 * D * torch.log(2 * math.pi * s.to(f64) ** 2)
-
-            def field(t):
-                return t.view(Bn, 1, 1, *t.shape[1:]).expand(Bn, H, W, *t.shape[1:])
-
             ids = d["topk_ids"]
             g = ids % HW
             pos = torch.stack([g // W, g % W], -1)
             pos = torch.where(ids[..., None] >= 0, pos, torch.full_like(pos, -1))
             image = torch.where(ids >= 0, ids // HW, torch.full_like(ids, -1))
             dt = self.dtype
-            return Posterior(x_hat, field(logdens).to(dt), field(d["n50"]),
-                             field(d["participation"]).to(dt), field(d["topk_weights"]).to(dt),
-                             field(image), field(pos))
+            return _image_posterior(x_hat, logdens.to(dt), d["n50"], d["participation"].to(dt),
+                                    d["topk_weights"].to(dt), image, pos, H=H, W=W)
