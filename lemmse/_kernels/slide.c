@@ -80,8 +80,9 @@ static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 /* floats between the horizontal-pass buffers of the KB shifts of a block: (R + 2r) rows of SW,
    plus one cache line.  Without it, with W = 28, the buffers are exactly 4 KiB apart and the
-   vertical pass, which reads the same row of every buffer, ran about 5 % slower (measured; the
-   loads share address bits 0-11: one L1 set, and 4K aliasing with the stores in between) */
+   vertical pass, which reads the same row of every buffer, ran about 5 % slower (measured on
+   AVX-512; the likely cause, not measured: loads with equal address bits 0-11 share an L1 set
+   and are falsely matched against the stores in between, "4K aliasing") */
 static int64_t hbuf_stride(int64_t R, int64_t r, int64_t SW) { return (R + 2 * r) * SW + 16; }
 
 static int64_t pmod(int64_t a, int64_t n) { a %= n; return a < 0 ? a + n : a; }
