@@ -39,6 +39,7 @@ How ``LEMMSE`` and ``LocalMMSE`` are computed (the ``backend`` argument):
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import numbers
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ _CHUNK_BYTES = 64 << 20
 #: Shift groups of the sliding-window kernel (independent online-softmax states, merged at the
 #: end): work items for the threads even for a single query image.
 _SLIDE_GROUPS = 4
+#: Largest |logit| (base 2) the fp32 sliding kernel is trusted with: beyond it the rounding of
+#: the logits (2^-24 of their size) grows past 2^-8 and query images are redone in float64.
+_FP32_LOGIT_LIMIT = 2.0 ** 16
 
 __all__ = ["MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches"]
 
@@ -429,7 +433,35 @@ class _PatchAttention(_Estimator):
             self._last_path = "slide"
             return self._slide(y, s, *plan)
         self._last_path = "attention"
-        return self._run(y, s)
+        x_hat = self._run(y, s)
+        bad = ~torch.isfinite(x_hat).flatten(1).all(1)
+        if self.dtype == torch.float32 and bool(bad.any()):
+            x_hat[bad] = self._float64_twin()._run(y[bad].double(), s[bad].double()).to(self.dtype)
+        return x_hat
+
+    # --- precision guard ------------------------------------------------------------------
+    def _float64_twin(self):
+        """The same estimator in float64 on the torch patch attention (built once).
+
+        The fp32 paths hold logits ``-‖q - k‖²/2σ²`` in float32: when σ is tiny next to the patch
+        distances (or the inputs are far outside the training range) the logits reach 2^16 and
+        more, their rounding error exceeds the gaps between the best keys, and the sliding
+        kernel's online maximum can even overflow its sums.  Such query images are recomputed
+        here, in float64, where the estimate tends to the nearest patch's centre as σ → 0.
+        """
+        twin = getattr(self, "_twin64", None)
+        if twin is None:
+            twin = copy.copy(self)
+            twin.__dict__.pop("_shifts_cache", None)
+            twin.train = self.train.double()
+            twin._offset = self._offset.double()
+            twin.dtype = torch.float64
+            twin.backend = "torch"
+            twin.algorithm = "attention"
+            if self._whiten is not None:
+                twin._whiten = self._whiten.double()
+            self._twin64 = twin
+        return twin
 
     # --- sliding-window path -----------------------------------------------------------
     def _slide_shifts(self):
@@ -494,11 +526,20 @@ class _PatchAttention(_Estimator):
         acc = (acc[..., :W] * scale[:, :, :, None]).sum(1)  # [B, H, C+1, W]
         out = acc[:, :, 1:] / acc[:, :, :1]  # [B, H, C, W]
         x_hat = out.permute(0, 2, 1, 3).to(self.dtype).contiguous()
+        # natural-log log-sum-exp of the logits -‖q - k‖²/2σ² (all of it: no term dropped)
+        lse = (top[:, 0] * math.log(2.0) + torch.log(acc[:, :, 0])).reshape(Bn, H * W)
+        # precision guard: fp32 logits of 2^16 and more (σ tiny next to the distances) or a
+        # non-finite state: those query images again in float64 (see _float64_twin)
+        bad = (top.flatten(1).abs().amax(1) >= _FP32_LOGIT_LIMIT) | \
+            ~torch.isfinite(x_hat).flatten(1).all(1) | ~torch.isfinite(lse).all(1)
+        if bool(bad.any()):
+            x64, lse64 = self._float64_twin()._run(y[bad].double(), s[bad].double(),
+                                                   with_lse=True)
+            x_hat[bad] = x64.to(self.dtype)
+            lse[bad] = lse64
         if not with_lse:
             return x_hat
-        # natural-log log-sum-exp of the logits -‖q - k‖²/2σ² (all of it: no term dropped)
-        lse = top[:, 0] * math.log(2.0) + torch.log(acc[:, :, 0])  # [B, H, W]
-        return x_hat, lse.reshape(Bn, H * W)
+        return x_hat, lse
 
     def _n_keys(self):
         """Number of admissible keys of each query position ``[H*W]`` (int64)."""
