@@ -169,13 +169,21 @@ def _check_images(x, name, *, dtype=None, shape=None, device=None):
 
 
 def _check_sigma(sigma, batch, dtype, device):
-    if isinstance(sigma, bool):
+    """σ as a ``[batch]`` tensor of ``dtype`` on ``device``: a float or one value per image,
+    positive and finite, and still positive in ``dtype`` (the one σ rule of the package: the
+    estimators and :func:`lemmse.train.predict` use it)."""
+    if isinstance(sigma, bool) or (isinstance(sigma, torch.Tensor) and sigma.dtype == torch.bool):
         raise TypeError("sigma must be a float or one value per image, got a bool")
+    if isinstance(sigma, torch.Tensor) and (sigma.is_complex() or not (
+            sigma.is_floating_point() or sigma.dtype in (torch.int32, torch.int64))):
+        raise TypeError(f"sigma must hold real numbers, got a tensor of dtype {sigma.dtype}")
+    if isinstance(sigma, complex):
+        raise TypeError(f"sigma must be a real number, got {sigma!r}")
     if isinstance(sigma, numbers.Real):
-        s = torch.full((batch,), float(sigma), dtype=dtype, device=device)
+        s = torch.full((batch,), float(sigma), dtype=torch.float64, device=device)
     else:
         try:
-            s = torch.as_tensor(sigma, dtype=dtype, device=device)
+            s = torch.as_tensor(sigma, dtype=torch.float64, device=device)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"sigma must be a float or a sequence/tensor of {batch} floats, "
                             f"got {type(sigma).__name__}") from None
@@ -186,6 +194,14 @@ def _check_sigma(sigma, batch, dtype, device):
                              f"shape {tuple(s.shape)}")
     if not torch.isfinite(s).all() or not (s > 0).all():
         raise ValueError(f"sigma must be positive and finite, got {s.tolist()}")
+    low = float(s.min())
+    s = s.to(dtype)
+    if not (s > 0).all():
+        raise ValueError(f"sigma = {low:g} underflows to 0 in {dtype} (smallest positive normal "
+                         f"{torch.finfo(dtype).tiny:g}); use a larger sigma or float64")
+    if not torch.isfinite((s.double() ** -2).to(dtype)).all():
+        raise ValueError(f"sigma = {low:g} is too small for {dtype}: 1/sigma^2 overflows; use "
+                         f"sigma >= {2 * torch.finfo(dtype).max ** -0.5:.1e} or float64")
     return s.contiguous()
 
 

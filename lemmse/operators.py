@@ -179,7 +179,16 @@ class Operator:
             y, shape [B, C, H, W], dtype and device of x.
         """
         _check_image(x)
+        if x.is_complex() or not bool(torch.isfinite(x).all()):
+            raise ValueError("x must hold real, finite values: it contains NaN or Inf "
+                             f"({int((~torch.isfinite(x)).sum())} of {x.numel()} entries)")
         s = _sigma_per_image(sigma, x.shape[0], x.dtype, x.device)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got "
+                            f"{type(generator).__name__} (make one with "
+                            f"torch.Generator().manual_seed(seed))")
+        if generator is not None and generator.device.type != x.device.type:
+            raise ValueError(f"generator is on {generator.device}, but x is on {x.device}")
         y = self.A(x)
         e = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
         return y + s * e

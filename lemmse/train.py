@@ -376,7 +376,54 @@ class _IndexStream:
         self.cursor = int(state["cursor"])
 
 
+def _weights_sha256(weights: dict) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes (sorted by name)."""
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        v = weights[k].detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_weights(ckpt: dict, path):
+    """The EMA weights of a checkpoint are the ones written: their stored hash (checkpoints
+    written since the hash was introduced carry one) and all finite."""
+    stored = ckpt.get("ema_sha256")
+    if stored is not None and _weights_sha256(ckpt["ema"]) != stored:
+        raise ValueError(f"checkpoint {path} is corrupt: its weights do not match the sha256 "
+                         f"stored in it; restore the file (git checkout) or delete it to retrain")
+    bad = [k for k, v in ckpt["ema"].items() if v.is_floating_point() and
+           not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}); delete it to retrain")
+
+
+def _check_manifest(path: Path):
+    """If ``MANIFEST.json`` beside the file lists it, its sha256 must match."""
+    manifest = path.parent / "MANIFEST.json"
+    if not manifest.is_file():
+        return
+    try:
+        entry = json.loads(manifest.read_text(encoding="utf-8")).get("files", {}).get(path.name)
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{manifest} is not valid JSON ({err}); restore it") from err
+    if not isinstance(entry, dict) or "sha256" not in entry:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != entry["sha256"]:
+        raise ValueError(f"checkpoint {path} does not match the sha256 in {manifest} "
+                         f"({h.hexdigest()[:12]}... vs {entry['sha256'][:12]}...): the file is "
+                         f"corrupt or was replaced; restore it (git checkout) or re-export it")
+
+
 def _atomic_save(obj, path: Path):
+    if isinstance(obj, dict) and "ema" in obj:
+        obj = {**obj, "ema_sha256": _weights_sha256(obj["ema"])}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -659,13 +706,18 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     config = getattr(model, "train_config", None) if config is None else config
     if not isinstance(config, TrainConfig):
         raise ValueError("config is needed (a TrainConfig) when the model has no train_config attribute")
-    if not isinstance(y, torch.Tensor) or y.ndim != 4:
-        raise ValueError(f"y must be a tensor [B, C, H, W], got {getattr(y, 'shape', type(y).__name__)}")
-    pre = preinverse(make_operator(config.task, tuple(y.shape[1:])), PHYSICS[config.physics])
+    from lemmse.estimators import _check_images, _check_sigma  # the estimators' own rules
+
+    _check_images(y, "y")
+    if y.is_complex():
+        raise ValueError(f"y must be a real floating-point tensor, got {y.dtype}")
+    channels = getattr(model, "channels", None)
+    if channels is not None and y.shape[1] != channels:
+        raise ValueError(f"y has {y.shape[1]} channels, but the network takes {channels}")
     device = next(model.parameters()).device
+    sigma = _check_sigma(sigma, y.shape[0], torch.float32, device)
+    pre = preinverse(make_operator(config.task, tuple(y.shape[1:])), PHYSICS[config.physics])
     v = pre(y.to(device=device, dtype=torch.float32))
-    if isinstance(sigma, torch.Tensor):
-        sigma = sigma.to(device=device, dtype=torch.float32)
     with torch.no_grad():
         return model(v, sigma).to(device=y.device, dtype=y.dtype)
 
@@ -698,6 +750,8 @@ def load_checkpoint(path, device="cpu"):
         Corrupt file, not a lemmse checkpoint, or weights that do not fit the recorded model.
     """
     ckpt = _read_checkpoint(path)
+    _check_manifest(Path(path))
+    _check_weights(ckpt, path)
     config = _config_from(ckpt, path)
     try:
         model = make_model(**ckpt["model_hparams"])
