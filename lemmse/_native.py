@@ -17,12 +17,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 _KERNELS = Path(__file__).with_name("_kernels")
@@ -32,6 +34,7 @@ _ISA_FLAGS = {"avx512": ["-mavx512f", "-mavx512dq", "-mfma"],
               "avx2": ["-mavx2", "-mfma", "-mno-avx512f"]}
 _LINK = ["-pthread", "-shared", "-fPIC", "-std=c11"]
 _lock = threading.Lock()
+_log = logging.getLogger("lemmse")
 _cache: dict[tuple[str, str], object] = {}
 
 
@@ -48,9 +51,32 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def cache_dir() -> Path:
-    """Directory holding compiled kernels (``LEMMSE_CACHE`` or ``~/.cache/lemmse``)."""
-    root = os.environ.get("LEMMSE_CACHE") or os.path.join(Path.home(), ".cache", "lemmse")
+    """Directory holding compiled kernels: ``$LEMMSE_CACHE/kernels``, else
+    ``$XDG_CACHE_HOME/lemmse/kernels``, else ``~/.cache/lemmse/kernels``."""
+    root = os.environ.get("LEMMSE_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = os.path.join(xdg if xdg else os.path.join(Path.home(), ".cache"), "lemmse")
     return Path(root) / "kernels"
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verified(so: Path) -> bool:
+    """The cached library is the one that was built: its sha256 matches the one stored beside
+    it (a truncated or overwritten file would crash the process when loaded)."""
+    digest = so.with_name(so.name + ".sha256")
+    try:
+        return so.is_file() and digest.read_text().strip() == _file_sha256(so)
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def isa() -> str | None:
@@ -86,7 +112,12 @@ def _build(dst: Path, src: Path, flags: list[str]) -> None:
     try:
         subprocess.run([cc, *flags, str(src), "-o", tmp, "-lm"], check=True,
                        capture_output=True, text=True)
+        digest = _file_sha256(Path(tmp))
         os.replace(tmp, dst)  # atomic: a half-written library is never loaded
+        fd, tmp_digest = tempfile.mkstemp(suffix=".sha256", dir=dst.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(digest + "\n")
+        os.replace(tmp_digest, dst.with_name(dst.name + ".sha256"))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -110,12 +141,20 @@ def _load(name: str, symbol: str, argtypes: list, restype=ctypes.c_int):
         so = cache_dir() / f"{name}_{isa_}_{key}.so"
         fn = None
         try:
-            if not so.exists():
+            if not _verified(so):  # missing, or not the file that was built: (re)build it
+                _log.info("building the native kernel %s for %s in %s (first use)", name, isa_,
+                          so.parent)
                 _build(so, src_path, flags)
             fn = getattr(ctypes.CDLL(str(so)), symbol)
             fn.argtypes = argtypes
             fn.restype = restype
-        except (OSError, RuntimeError, AttributeError, subprocess.CalledProcessError):
+        except (OSError, RuntimeError, AttributeError, subprocess.CalledProcessError) as err:
+            why = getattr(err, "stderr", None) or str(err)
+            _warn_once(f"lemmse: the native kernel {name!r} is unavailable ({why.strip()[:300]}); "
+                       f"falling back to the pure-torch path (same results, 2-30x slower). "
+                       f"Fix: install a C compiler (gcc) or set CC, and make the cache "
+                       f"{cache_dir()} writable (or point LEMMSE_CACHE elsewhere); "
+                       f"LEMMSE_NATIVE=0 silences this by choosing the torch path.")
             fn = None
         _cache[name, isa_] = fn
         return fn

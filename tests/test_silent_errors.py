@@ -135,3 +135,54 @@ def test_manifest_sha256_is_checked(tmp_path):
     (tmp_path / "MANIFEST.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="does not match the sha256 in"):
         load_checkpoint(path)
+
+
+# ------------------------------------------------------------------------------ native kernel cache
+_ESTIMATE = (
+    "import torch, lemmse\n"
+    "g = torch.Generator().manual_seed(0)\n"
+    "train = torch.rand(4, 1, 8, 8, generator=g)\n"
+    "y = torch.rand(2, 1, 8, 8, generator=g)\n"
+    "a = lemmse.LEMMSE(train, patch_size=3)(y, 0.2)\n"
+    "b = lemmse.LEMMSE(train, patch_size=3, backend='torch')(y, 0.2)\n"
+    "assert (a - b).abs().max() < 1e-5, float((a - b).abs().max())\n"
+    "print('ok')\n"
+)
+
+
+def _run_estimate(env_extra, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LEMMSE_CACHE": str(tmp_path / "cache"), **env_extra}
+    return subprocess.run([sys.executable, "-W", "always", "-c", _ESTIMATE], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_truncated_cached_kernel_is_rebuilt(tmp_path):
+    from lemmse import _native
+
+    if _native.isa() is None:
+        pytest.skip("no native kernels on this CPU")
+    first = _run_estimate({}, tmp_path)
+    assert first.returncode == 0, first.stderr
+    libs = sorted((tmp_path / "cache" / "kernels").glob("slide_*.so"))
+    assert libs and all(lib.with_name(lib.name + ".sha256").is_file() for lib in libs)
+    size = libs[0].stat().st_size
+    with open(libs[0], "r+b") as f:  # cut to 1 000 bytes: loading it would be a bus error
+        f.truncate(1000)
+    second = _run_estimate({}, tmp_path)
+    assert second.returncode == 0, second.stderr  # no crash: rebuilt
+    assert libs[0].stat().st_size == size
+
+
+def test_missing_compiler_warns_and_falls_back(tmp_path):
+    from lemmse import _native
+
+    if _native.isa() is None:
+        pytest.skip("no native kernels on this CPU")
+    out = _run_estimate({"CC": "/bin/false"}, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "native kernel 'slide' is unavailable" in out.stderr
+    assert "falling back to the pure-torch path" in out.stderr
