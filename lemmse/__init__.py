@@ -7,6 +7,7 @@ The public names are gathered here; each lives in a small module of its own:
 - :mod:`lemmse.data`: loaders for FashionMNIST, CIFAR-10 and FFHQ-32;
 - :mod:`lemmse.estimators`: ``MMSE``, ``EquivariantMMSE``, ``LocalMMSE``, ``LEMMSE``;
 - :mod:`lemmse.engine`: the streaming attention engine behind them;
+- :mod:`lemmse.groups`: grid symmetry groups (``get_group``) and ``symmetry_score``;
 - :mod:`lemmse.diagnostics`: the exact weights behind chosen output pixels (``pixel_weights``);
 - :mod:`lemmse.metrics`: ``psnr``;
 - :mod:`lemmse.nets`: U-Net, ResNet and PatchMLP with an exact ``P × P`` receptive field;
@@ -17,6 +18,7 @@ from lemmse.data import data_root, load_dataset, load_labels
 from lemmse.estimators import (LEMMSE, MMSE, EquivariantMMSE, LocalMMSE, Posterior,
                                extract_patches)
 from lemmse.diagnostics import PixelWeights, pixel_weights
+from lemmse.groups import Group, GroupElement, get_group, symmetry_score
 from lemmse.metrics import psnr
 from lemmse.nets import make_model, receptive_field
 from lemmse.operators import Blur, Denoising, Inpainting, Operator, preinverse
@@ -30,6 +32,7 @@ __all__ = [
     "data_root", "load_dataset", "load_labels",
     "MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches",
     "PixelWeights", "pixel_weights",
+    "Group", "GroupElement", "get_group", "symmetry_score",
     "psnr",
     "make_model", "receptive_field",
     "TrainConfig", "train_model", "train_or_load", "load_checkpoint", "export_checkpoint",

@@ -565,6 +565,25 @@ class _PatchAttention(_Estimator):
         counts = torch.bincount(self._gid, minlength=int(self._gid.max()) + 1)
         return self.N * counts[self._gid]
 
+    def _x_lse(self, y, s):
+        """``(x_hat, lse)``: the estimate and the natural-log log-sum-exp of the logits."""
+        plan = self._slide_plan()
+        if plan is not None:
+            self._last_path = "slide"
+            return self._slide(y, s, *plan, with_lse=True)
+        self._last_path = "attention"
+        x_hat, lse = self._run(y, s, with_lse=True)
+        bad = ~(torch.isfinite(x_hat).flatten(1).all(1) & torch.isfinite(lse).all(1))
+        if self.dtype == torch.float32 and bool(bad.any()):
+            x64, lse64 = self._float64_twin()._run(y[bad].double(), s[bad].double(),
+                                                   with_lse=True)
+            x_hat[bad], lse[bad] = x64.to(self.dtype), lse64.to(lse.dtype)
+        return x_hat, lse
+
+    def _lse_and_keys(self, y, s):
+        """``(lse [B, H*W], K [1, H*W])`` in float64: log-sum-exp and number of keys."""
+        return self._x_lse(y, s)[1].double(), self._n_keys().to(torch.float64)[None]
+
     def log_density(self, y, sigma):
         """Log-density of every query patch under the smoothed training patches, from one pass.
 
@@ -585,15 +604,10 @@ class _PatchAttention(_Estimator):
         """
         y, s = self._prepare(y, sigma)
         with torch.no_grad(), no_tf32():
-            plan = self._slide_plan()
-            if plan is not None:
-                _, lse = self._slide(y, s, *plan, with_lse=True)
-            else:
-                _, lse = self._run(y, s, with_lse=True)
+            lse, K = self._lse_and_keys(y, s)
             Bn = y.shape[0]
-            K = self._n_keys().to(torch.float64)
             sq = s.double()[:, None]
-            logdens = lse.double() - torch.log(K)[None] - 0.5 * self.D * torch.log(2 * math.pi * sq ** 2)
+            logdens = lse - torch.log(K) - 0.5 * self.D * torch.log(2 * math.pi * sq ** 2)
         return logdens.view(Bn, self.H, self.W).to(self.dtype)
 
     def posterior(self, y, sigma, topk=8):
@@ -662,12 +676,82 @@ class LEMMSE(_PatchAttention):
         ``"auto"``: the sliding-window kernel where it applies, else the patch attention;
         ``"attention"``: always the patch attention; ``"sliding"``: the sliding-window kernel, and
         a ValueError at the call where it does not apply.
+    group : str, default ``"translations"``
+        A group of grid symmetries (:mod:`lemmse.groups`: ``"d4"``, ``"c4"``, ``"c2"``,
+        ``"flips"``, ``"translations"``).  The key bank becomes the patch bank of the orbit
+        ``{g · x_n : g ∈ G}`` of the training set (chapter 14), so the estimator is exactly
+        equivariant to ``G`` as well as to the shifts.  The operator must commute with ``G``
+        (denoising always; inpainting with a ``G``-invariant mask; a blur with a
+        ``G``-invariant kernel), else a ValueError.  ``"translations"``: today's estimator.
+    group_weight : float in [0, 1], default 1
+        Prior weight λ of the keys of the non-identity elements (``log λ`` added to their
+        logits): ``x̂ = (Z_e x̂_e + λ Z_r x̂_r) / (Z_e + λ Z_r)`` with ``x̂_e, Z_e`` the estimate
+        and partition function of the identity bank, ``x̂_r, Z_r`` those of the other
+        elements.  λ = 1: the full group; λ = 0: the translation estimator.
 
     Examples
     --------
     >>> est = LEMMSE(train, patch_size=5)          # doctest: +SKIP
     >>> x_hat = est(y, sigma=0.2)                  # doctest: +SKIP
+    >>> est_d4 = LEMMSE(train, patch_size=5, group="d4", group_weight=0.5)  # doctest: +SKIP
     """
+
+    def __init__(self, train, operator=None, patch_size=5, preinverse="identity", *,
+                 group="translations", group_weight=1.0, **kw):
+        from lemmse.groups import check_commutes, get_group
+
+        G = get_group(group)
+        lam = group_weight
+        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or \
+                not 0.0 <= float(lam) <= 1.0:
+            raise ValueError(f"group_weight must be a number in [0, 1], got {group_weight!r}")
+        self.group, self.group_weight = G.name, float(lam)
+        self._rest = None
+        if len(G) == 1:
+            super().__init__(train, operator, patch_size, preinverse, **kw)
+            return
+        _check_images(train, "train")
+        check_commutes(G, Denoising() if operator is None else operator, *train.shape[-2:])
+        if self.group_weight == 0.0:
+            super().__init__(train, operator, patch_size, preinverse, **kw)
+            return
+        rest = torch.cat([g.apply(train) for g in G.elements[1:]])
+        if self.group_weight == 1.0:  # one bank: the orbit of the training set
+            super().__init__(torch.cat([train, rest]), operator, patch_size, preinverse, **kw)
+            return
+        super().__init__(train, operator, patch_size, preinverse, **kw)
+        self._rest = LEMMSE(rest, operator, patch_size, preinverse, **kw)
+
+    def _estimate(self, y, s):
+        if self._rest is None:
+            return super()._estimate(y, s)
+        x0, l0 = self._x_lse(y, s)
+        x1, l1 = self._rest._x_lse(y, s)
+        logit = l1.double() - l0.double() + math.log(self.group_weight)
+        a = torch.sigmoid(logit).view(y.shape[0], 1, self.H, self.W)
+        return ((1.0 - a) * x0.double() + a * x1.double()).to(self.dtype)
+
+    def _lse_and_keys(self, y, s):
+        if self._rest is None:
+            return super()._lse_and_keys(y, s)
+        l0, k0 = super()._lse_and_keys(y, s)
+        l1, k1 = self._rest._lse_and_keys(y, s)
+        lam = self.group_weight
+        return torch.logaddexp(l0, l1 + math.log(lam)), k0 + lam * k1
+
+    def posterior(self, y, sigma, topk=8):
+        """Estimate plus the diagnostics of the weights (see :class:`Posterior`); not for
+        ``0 < group_weight < 1``."""
+        if self._rest is not None:
+            raise ValueError("posterior is not available for 0 < group_weight < 1 (two key "
+                             "banks); use group_weight=1 or 0, or call the estimator")
+        return super().posterior(y, sigma, topk)
+
+    def __repr__(self):
+        r = super().__repr__()
+        if self.group == "translations":
+            return r
+        return r[:-1] + f", group={self.group!r}, group_weight={self.group_weight:g})"
 
     def _position_groups(self):
         pat = self._mask_patterns()
