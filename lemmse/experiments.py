@@ -219,11 +219,15 @@ class Experiment:
         values.update(overrides)
         return TrainConfig(**values)
 
-    def command(self, scale="cpu") -> str:
-        """The one command that (re)trains this experiment at ``scale`` (device auto)."""
+    def command(self, scale="cpu", steps: Optional[int] = None) -> str:
+        """The one command that (re)trains this experiment at ``scale`` (device auto).
+
+        ``steps`` (default: the scale's) adds ``--steps``: the training-budget networks.
+        """
         s = _scale(scale)
         extra = "" if self.patch_size == 5 else f" --patch-size {self.patch_size}"
         extra += "" if self.n_train is None else f" --n-train {self.n_train}"
+        extra += "" if steps is None or steps == s.steps else f" --steps {int(steps)}"
         grid = "" if self in GRID else " --grid analysis"
         return (
             f"python -m lemmse experiment train --scale {s.name}{grid} --dataset {self.dataset} "
@@ -388,7 +392,9 @@ def export_grid(
         config = exp.config(s, **overrides)
         path = checkpoint_path(config, src)
         if not path.exists():
-            raise FileNotFoundError(f"no finished checkpoint {path}; train it first: {exp.command(s)}")
+            raise FileNotFoundError(
+                f"no finished checkpoint {path}; train it first: {exp.command(s, config.steps)}"
+            )
         out = export_checkpoint(path, dst / path.name, half=True)
         ckpt = torch.load(out, map_location="cpu", weights_only=False)
         loss = ckpt["history"]["loss"]
@@ -396,7 +402,7 @@ def export_grid(
             "experiment": dataclasses.asdict(exp),
             "scale": s.name,
             "config": config.identity(),
-            "command": exp.command(s),
+            "command": exp.command(s, config.steps),
             "data": {
                 "dataset": config.dataset,
                 "split": config.split,
@@ -786,6 +792,8 @@ def _add_cli(sub):
         q.add_argument("--patch-size", type=int, nargs="+", default=None, help="only these patch sizes (default: all)")
         q.add_argument("--n-train", type=int, nargs="+", default=None,
                        help="only experiments with these numbers of training images (default: all)")
+        q.add_argument("--steps", type=int, default=None,
+                       help="optimiser steps (default: the scale's; the training-budget study)")
         q.add_argument("--data-root", default=None, help="data folder (default: $LEMMSE_DATA or ~/.cache/lemmse/data)")
         q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -836,12 +844,21 @@ def _selection(args) -> dict:
     return sel
 
 
+def _overrides(args) -> dict:
+    """TrainConfig fields set on the command line (``--steps``)."""
+    if args.steps is None:
+        return {}
+    if args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    return {"steps": args.steps}
+
+
 def _run_train(args) -> int:
     import sys
 
     try:
         models = train_grid(args.scale, **_selection(args), root=args.root, data_root=args.data_root,
-                            device=args.device, progress=not args.no_progress)
+                            device=args.device, progress=not args.no_progress, **_overrides(args))
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -854,7 +871,7 @@ def _run_export(args) -> int:
     import sys
 
     try:
-        path = export_grid(args.scale, **_selection(args), src=args.root, dst=args.out)
+        path = export_grid(args.scale, **_selection(args), src=args.root, dst=args.out, **_overrides(args))
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -877,7 +894,7 @@ def _run_agreement(args) -> int:
         exps = select(**_selection(args), scale=args.scale)
         rows = evaluate_agreement(exps, args.scale, sigmas=args.sigma, splits=args.split, n_images=args.n_images,
                                   roots=args.roots, data_root=args.data_root, progress=not args.no_progress,
-                                  cache=None if args.cache == "none" else args.cache)
+                                  cache=None if args.cache == "none" else args.cache, **_overrides(args))
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
