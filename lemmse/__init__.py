@@ -10,6 +10,7 @@ The public names are gathered here; each lives in a small module of its own:
 - :mod:`lemmse.groups`: grid symmetry groups (``get_group``) and ``symmetry_score``;
 - :mod:`lemmse.diagnostics`: the exact weights behind chosen output pixels (``pixel_weights``);
 - :mod:`lemmse.metrics`: ``psnr``;
+- :mod:`lemmse.minnorm`: minimum-norm shallow denoisers and the empirical MMSE of a point set;
 - :mod:`lemmse.nets`: U-Net, ResNet and PatchMLP with an exact ``P × P`` receptive field;
 - :mod:`lemmse.train`: resumable training, checkpoints, ``train_or_load``.
 """
@@ -20,6 +21,8 @@ from lemmse.estimators import (LEMMSE, MMSE, EquivariantMMSE, LocalMMSE, Posteri
 from lemmse.diagnostics import PixelWeights, pixel_weights
 from lemmse.groups import Group, GroupElement, get_group, symmetry_score
 from lemmse.metrics import psnr
+from lemmse.minnorm import (MinNormDenoiser1D, ShallowDenoiser, emmse, emmse_1d,
+                             minnorm_denoiser_1d, train_shallow)
 from lemmse.nets import make_model, receptive_field
 from lemmse.operators import Blur, Denoising, Inpainting, Operator, preinverse
 from lemmse.train import (TrainConfig, export_checkpoint, load_checkpoint, predict,
@@ -34,6 +37,8 @@ __all__ = [
     "PixelWeights", "pixel_weights",
     "Group", "GroupElement", "get_group", "symmetry_score",
     "psnr",
+    "MinNormDenoiser1D", "minnorm_denoiser_1d", "emmse", "emmse_1d", "ShallowDenoiser",
+    "train_shallow",
     "make_model", "receptive_field",
     "TrainConfig", "train_model", "train_or_load", "load_checkpoint", "export_checkpoint",
     "predict",

@@ -1,0 +1,415 @@
+"""Minimum-norm shallow ReLU denoisers and the empirical MMSE of a point set (book chapter 13).
+
+A one-hidden-layer ReLU denoiser of ``d``-dimensional inputs,
+
+    h(y) = Σ_k a_k [w_kᵀ y + b_k]₊ + V y + c,
+
+has the representation cost ``½ Σ_k (‖a_k‖² + ‖w_k‖²)`` (the biases ``b_k``, the linear part
+``V`` and the offset ``c`` are free).  Among the denoisers that map every noisy training sample
+``y_{n,m}`` to its clean point ``x_n``, the one of least cost is the *minimum-norm denoiser*,
+the limit of training with a vanishing weight decay.  In one dimension it has a closed form
+(chapter 13 proves it): flat at ``x_n`` on each noisy cluster ``[lo_n, hi_n]`` and a straight ramp
+across each gap, of cost ``∫|h″| = 2 Σ_n s_n`` with the slopes
+``s_n = (x_{n+1} − x_n) / (lo_{n+1} − hi_n)``.  The other answer to the same data is the
+empirical MMSE (the paper's eMMSE), the softmax average of the clean points.
+
+- :func:`minnorm_denoiser_1d`: the closed form, a :class:`MinNormDenoiser1D` (callable, with its
+  knots, slopes and cost);
+- :func:`emmse_1d`, :func:`emmse`: the empirical MMSE of a point set at noise σ (log-sum-exp,
+  float64, stable down to any σ > 0);
+- :class:`ShallowDenoiser` and :func:`train_shallow`: the network and its training to
+  interpolation with a small weight decay on the representation cost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["MinNormDenoiser1D", "minnorm_denoiser_1d", "emmse_1d", "emmse", "ShallowDenoiser",
+           "train_shallow"]
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _vector(v, name: str) -> torch.Tensor:
+    """A 1-D finite real float64 tensor from an array, a tensor or a sequence."""
+    if isinstance(v, torch.Tensor):
+        t = v.detach()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(v))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be a 1-D array of real numbers ({err})") from None
+    if t.is_complex() or t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in (
+            torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise ValueError(f"{name} must be a 1-D array of real numbers, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty; give at least one point")
+    t = t.to(torch.float64).cpu()
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t
+
+
+def _sigma(sigma) -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating, np.integer)):
+        if isinstance(sigma, torch.Tensor) and sigma.numel() == 1 and not sigma.is_complex():
+            sigma = sigma.item()
+        else:
+            raise ValueError(f"sigma must be a positive real number, got {sigma!r}")
+    sigma = float(sigma)
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
+    return sigma
+
+
+def _as_input(y, name: str = "y"):
+    """(float64 tensor, function converting a float64 result back to y's type)."""
+    if isinstance(y, torch.Tensor):
+        if y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"{name} must be real, got dtype {y.dtype}")
+        dtype = y.dtype if y.is_floating_point() else torch.float64
+        dev = y.device
+        return y.detach().to(torch.float64).cpu(), lambda r: r.to(device=dev, dtype=dtype)
+    scalar = np.isscalar(y)
+    a = np.asarray(y)
+    if a.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must be real numbers, got dtype {a.dtype}")
+    if scalar:
+        return torch.as_tensor(a, dtype=torch.float64), lambda r: float(r)
+    return torch.as_tensor(a.astype(np.float64)), lambda r: r.numpy()
+
+
+# --------------------------------------------------------------------------- closed form
+
+
+class MinNormDenoiser1D:
+    """The univariate minimum-norm interpolating denoiser (chapter 13, theorem ``thm-mn-1d``).
+
+    ``h(y) = x_1 + Σ_n (x_{n+1} − x_n) · clip((y − hi_n) / (lo_{n+1} − hi_n), 0, 1)``: flat at
+    ``x_n`` on ``[lo_n, hi_n]``, constant outside the outermost clusters, a straight ramp of slope
+    ``s_n`` across each gap.  Build it with :func:`minnorm_denoiser_1d`.
+
+    Attributes
+    ----------
+    clean, lo, hi : tensor [N], float64
+    knots_y, knots_x : tensor [2N], float64
+        The knots ``(lo_1, x_1), (hi_1, x_1), (lo_2, x_2), …, (hi_N, x_N)``; ``h`` is the
+        piecewise-linear interpolant of the knots, constant beyond the end ones.
+    slopes : tensor [N − 1], float64
+        ``s_n = (x_{n+1} − x_n) / (lo_{n+1} − hi_n)``.
+    cost : float
+        ``∫|h″| = 2 Σ_n s_n``, the least representation cost of a ReLU network equal to ``h``.
+    """
+
+    def __init__(self, clean: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+        self.clean, self.lo, self.hi = clean, lo, hi
+        self.knots_y = torch.stack([lo, hi], 1).flatten()
+        self.knots_x = torch.stack([clean, clean], 1).flatten()
+        self.slopes = (clean[1:] - clean[:-1]) / (lo[1:] - hi[:-1])
+        self.cost = float(2 * self.slopes.abs().sum())
+
+    def __call__(self, y):
+        """``h(y)`` elementwise, for a float, an array or a tensor of any shape (same type back)."""
+        t, back = _as_input(y)
+        if torch.isnan(t).any():
+            raise ValueError("y contains NaN")
+        out = self.clean[0].expand(t.shape).clone()
+        for n in range(len(self.slopes)):
+            out += (self.clean[n + 1] - self.clean[n]) * (
+                (t - self.hi[n]) / (self.lo[n + 1] - self.hi[n])).clamp(0, 1)
+        return back(out)
+
+    def relu_units(self):
+        """A ReLU network equal to ``h`` with the least cost: ``(a, w, b)`` of its ``2(N − 1)`` units.
+
+        ``h(y) = x_1 + Σ_k a_k [w_k y + b_k]₊`` with balanced units ``|a_k| = |w_k| = √s_n``
+        (units ``s_n [y − hi_n]₊`` and ``−s_n [y − lo_{n+1}]₊``), so ``½ Σ (a_k² + w_k²) = cost``.
+        """
+        r = self.slopes.sqrt()
+        a = torch.stack([r, -r], 1).flatten()
+        w = torch.stack([r, r], 1).flatten()
+        b = torch.stack([-r * self.hi[:-1], -r * self.lo[1:]], 1).flatten()
+        return a, w, b
+
+    def __repr__(self):
+        return f"MinNormDenoiser1D(N={len(self.clean)}, cost={self.cost:.4g})"
+
+
+def minnorm_denoiser_1d(clean, lo, hi) -> MinNormDenoiser1D:
+    """The univariate minimum-norm denoiser of clean points and the spans of their noisy clusters.
+
+    For clean points ``x_1 < … < x_N`` whose noisy samples lie in the disjoint intervals
+    ``[lo_n, hi_n]`` (in increasing order), the least-cost ReLU denoiser that maps every sample of
+    cluster ``n`` to ``x_n`` (with at least two samples per cluster, at ``lo_n`` and ``hi_n``) is
+
+    ``h*(y) = x_1 + Σ_n (x_{n+1} − x_n) clip((y − hi_n)/(lo_{n+1} − hi_n), 0, 1)``,
+
+    of cost ``∫|h*″| = 2 Σ_n (x_{n+1} − x_n)/(lo_{n+1} − hi_n)`` (book chapter 13).
+
+    Parameters
+    ----------
+    clean : array or tensor [N]
+        Strictly increasing clean points.
+    lo, hi : array or tensor [N]
+        Cluster ``n`` spans ``[lo[n], hi[n]]``, ``lo[n] < hi[n] < lo[n + 1]``.
+
+    Returns
+    -------
+    MinNormDenoiser1D
+        Callable ``h(y)`` on floats, arrays or tensors of any shape, with ``knots_y``,
+        ``knots_x``, ``slopes``, ``cost`` and ``relu_units()``.
+
+    Raises
+    ------
+    ValueError
+        Different lengths, unsorted clean points, an empty cluster (``lo >= hi``), or clusters
+        that overlap, touch or are out of order.
+    """
+    clean, lo, hi = _vector(clean, "clean"), _vector(lo, "lo"), _vector(hi, "hi")
+    if not (len(clean) == len(lo) == len(hi)):
+        raise ValueError(f"clean, lo and hi must have the same length, got {len(clean)}, "
+                         f"{len(lo)} and {len(hi)}")
+    bad = torch.nonzero(clean[1:] <= clean[:-1]).flatten()
+    if len(bad):
+        n = int(bad[0])
+        raise ValueError(f"clean must be strictly increasing: clean[{n}] = {clean[n].item():g} "
+                         f">= clean[{n + 1}] = {clean[n + 1].item():g}; sort the points (and "
+                         "their clusters) first")
+    bad = torch.nonzero(lo >= hi).flatten()
+    if len(bad):
+        n = int(bad[0])
+        raise ValueError(f"cluster {n} is empty: lo[{n}] = {lo[n].item():g} >= hi[{n}] = "
+                         f"{hi[n].item():g}; each cluster needs lo < hi (two or more samples)")
+    bad = torch.nonzero(lo[1:] <= hi[:-1]).flatten()
+    if len(bad):
+        n = int(bad[0])
+        raise ValueError(f"clusters {n} and {n + 1} overlap or are out of order: hi[{n}] = "
+                         f"{hi[n].item():g} >= lo[{n + 1}] = {lo[n + 1].item():g}; the closed "
+                         "form needs disjoint clusters in the order of the clean points "
+                         "(the low-noise regime)")
+    return MinNormDenoiser1D(clean, lo, hi)
+
+
+# --------------------------------------------------------------------------- empirical MMSE
+
+
+def emmse(points, y, sigma, values=None, chunk: int = 2 ** 24) -> torch.Tensor:
+    """Empirical MMSE of a point set: ``Σ_n v_n e^{−‖y − p_n‖²/2σ²} / Σ_n e^{−‖y − p_n‖²/2σ²}``.
+
+    The posterior mean of ``x`` given ``y = x + σ e`` when ``x`` is uniform on the points
+    ``p_n`` (with ``values=None``, ``v_n = p_n``); with ``values`` the centre pixels of the
+    points, the patch version is the LE-MMSE of chapter 5 evaluated at given patches.  Computed
+    in float64 with a log-sum-exp, so it is finite for every σ > 0 (at small σ it is the value of
+    the nearest point).
+
+    Parameters
+    ----------
+    points : tensor [N, d]
+    y : tensor [..., d]
+    sigma : float > 0
+    values : tensor [N, k] or [N], optional
+        Default ``points``.
+    chunk : int
+        Queries are processed in blocks of about ``chunk`` query-point pairs (bounded memory).
+
+    Returns
+    -------
+    tensor [..., k] (or [...] for 1-D ``values``), float64.
+    """
+    sigma = _sigma(sigma)
+    p = torch.as_tensor(points)
+    if p.dim() != 2 or p.shape[0] == 0:
+        raise ValueError(f"points must be a non-empty [N, d] tensor, got shape {tuple(p.shape)}")
+    p = p.detach().to(torch.float64).cpu()
+    v = p if values is None else torch.as_tensor(values).detach().to(torch.float64).cpu()
+    if v.shape[0] != p.shape[0] or v.dim() not in (1, 2):
+        raise ValueError(f"values must be [N] or [N, k] with N = {p.shape[0]} (one per point), "
+                         f"got shape {tuple(v.shape)}")
+    q = torch.as_tensor(y).detach().to(torch.float64).cpu()
+    if q.dim() == 0 or q.shape[-1] != p.shape[1]:
+        raise ValueError(f"y must be [..., d] with d = {p.shape[1]} (the points' dimension), got "
+                         f"shape {tuple(q.shape)}")
+    if not (torch.isfinite(p).all() and torch.isfinite(q).all()):
+        raise ValueError("points and y must be finite (NaN or Inf found)")
+    lead = q.shape[:-1]
+    q = q.reshape(-1, p.shape[1])
+    vv = v if v.dim() == 2 else v[:, None]
+    out = torch.empty(q.shape[0], vv.shape[1], dtype=torch.float64)
+    step = max(1, chunk // p.shape[0])
+    for i in range(0, q.shape[0], step):
+        # squared distances summed coordinate by coordinate (not ‖q‖² − 2qᵀp + ‖p‖², whose
+        # cancellation error is amplified by 1/2σ² at small σ)
+        d2 = torch.cdist(q[i:i + step], p, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+        out[i:i + step] = torch.softmax(-d2 / (2 * sigma ** 2), 1) @ vv
+    out = out.reshape(*lead, vv.shape[1])
+    return out if v.dim() == 2 else out[..., 0]
+
+
+def emmse_1d(points, y, sigma):
+    """Empirical MMSE of scalar points at noise σ, elementwise in ``y`` (any shape).
+
+    ``x̂(y) = Σ_n x_n e^{−(y − x_n)²/2σ²} / Σ_n e^{−(y − x_n)²/2σ²}`` in float64 by a log-sum-exp
+    (see :func:`emmse`); returns the type of ``y`` (float, array or tensor).
+    """
+    p = _vector(points, "points")
+    t, back = _as_input(y)
+    if not torch.isfinite(t).all():
+        raise ValueError("y must be finite (NaN or Inf found)")
+    return back(emmse(p[:, None], t[..., None], sigma)[..., 0])
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class ShallowDenoiser(nn.Module):
+    """``h(y) = Σ_k a_k [w_kᵀ y + b_k]₊ + V y + c``, one hidden ReLU layer of ``width`` units.
+
+    Parameters
+    ----------
+    d : int
+        Input and output dimension.
+    width : int
+        Number of hidden units ``k``.
+    seed : int
+        Seed of the initialisation (a local ``torch.Generator``: no global state).
+    init_scale : float
+        ``w_k ~ N(0, init_scale² / d)``, ``a_k ~ N(0, init_scale² / width)``; ``b, V, c = 0``.
+    dtype : torch.dtype
+
+    Input ``y`` is ``[B, d]`` (or ``[B]`` when ``d = 1``); the output has the same shape.
+    :meth:`cost` is the representation cost ``½ Σ_k (‖a_k‖² + ‖w_k‖²)``; biases, ``V`` and ``c``
+    are not penalised (chapter 13).
+    """
+
+    def __init__(self, d: int, width: int, seed: int = 0, init_scale: float = 1.0,
+                 dtype=torch.float64):
+        super().__init__()
+        for name, val in (("d", d), ("width", width)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name} must be a positive integer, got {val!r}")
+        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
+            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        g = torch.Generator().manual_seed(seed)
+        self.d, self.width = d, width
+        self.W = nn.Parameter(torch.randn(width, d, generator=g, dtype=dtype)
+                              * (init_scale / math.sqrt(d)))
+        self.b = nn.Parameter(torch.randn(width, generator=g, dtype=dtype) * init_scale)
+        self.A = nn.Parameter(torch.randn(d, width, generator=g, dtype=dtype)
+                              * (init_scale / math.sqrt(width)))
+        self.V = nn.Parameter(torch.zeros(d, d, dtype=dtype))
+        self.c = nn.Parameter(torch.zeros(d, dtype=dtype))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        flat = self.d == 1 and y.dim() == 1
+        z = y[:, None] if flat else y
+        if z.dim() != 2 or z.shape[1] != self.d:
+            raise ValueError(f"y must be [B, {self.d}]" + (" or [B]" if self.d == 1 else "")
+                             + f", got shape {tuple(y.shape)}")
+        z = z.to(self.W.dtype)
+        out = torch.relu(z @ self.W.T + self.b) @ self.A.T + z @ self.V.T + self.c
+        return out[:, 0] if flat else out
+
+    def cost(self) -> torch.Tensor:
+        """``½ Σ_k (‖a_k‖² + ‖w_k‖²)`` (a differentiable scalar)."""
+        return 0.5 * (self.A.pow(2).sum() + self.W.pow(2).sum())
+
+    def unit_strength(self) -> torch.Tensor:
+        """``‖a_k‖ ‖w_k‖`` per unit ``[width]``: how much unit k contributes to the function."""
+        return self.A.norm(dim=0) * self.W.norm(dim=1)
+
+    def boundaries(self):
+        """The units' ReLU boundaries ``{y : w_kᵀ y + b_k = 0}`` as ``(normals w [width, d], b)``."""
+        return self.W.detach().clone(), self.b.detach().clone()
+
+
+def train_shallow(model: ShallowDenoiser, y, x, weight_decay: float = 1e-5, steps: int = 4000,
+                  lr: float = 3e-2, lr_final: float = 1e-3, init_on_data: bool = True,
+                  seed: int = 0, progress: bool = True, desc: Optional[str] = None) -> dict:
+    """Train ``model`` to interpolate ``h(y_i) = x_i`` with a small weight decay on its cost.
+
+    Minimises ``mean_i ‖h(y_i) − x_i‖² + λ · ½ Σ_k (‖a_k‖² + ‖w_k‖²)`` (biases, ``V``, ``c``
+    free) by full-batch Adam, the learning rate decaying geometrically from ``lr`` to
+    ``lr_final``; deterministic (no sampling: the noisy copies ``y`` are given).  As λ → 0 the
+    minimiser tends to the minimum-norm interpolant (chapter 13).
+
+    Parameters
+    ----------
+    model : ShallowDenoiser
+        Trained in place.
+    y, x : tensor [B, d] (or [B] when ``d = 1``)
+        Noisy samples and their clean targets.
+    weight_decay : float >= 0
+        λ (``1e-5`` in the paper's experiment).
+    steps : int
+    lr, lr_final : float > 0
+    init_on_data : bool
+        First move every unit's boundary ``w_kᵀ y + b_k = 0`` through a training sample drawn
+        at random (``b_k = −w_kᵀ y_{i_k}``), so that the kinks start where the data are.
+    seed : int
+        Seed of that draw (a local generator).
+    progress : bool
+        Show a tqdm bar (loss, cost).
+
+    Returns
+    -------
+    dict with lists ``loss`` (the data term), ``cost`` (every 10 steps) and the final
+    ``max_residual`` ``max_i ‖h(y_i) − x_i‖``.
+    """
+    if not isinstance(model, ShallowDenoiser):
+        raise ValueError(f"model must be a ShallowDenoiser, got {type(model).__name__}")
+    y = torch.as_tensor(y).to(model.W.dtype)
+    x = torch.as_tensor(x).to(model.W.dtype)
+    if y.shape != x.shape:
+        raise ValueError(f"y and x must have the same shape, got {tuple(y.shape)} and "
+                         f"{tuple(x.shape)}")
+    if not (torch.isfinite(y).all() and torch.isfinite(x).all()):
+        raise ValueError("y and x must be finite (NaN or Inf found)")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not (lr > 0 and lr_final > 0):
+        raise ValueError(f"lr and lr_final must be > 0, got {lr} and {lr_final}")
+    model(y)  # shape check
+    if init_on_data:
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, y.shape[0], (model.width,), generator=g)
+        yk = y[idx].reshape(model.width, model.d)
+        with torch.no_grad():
+            model.b.copy_(-(model.W * yk).sum(1))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gamma = (lr_final / lr) ** (1 / max(steps - 1, 1))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+    hist = {"loss": [], "cost": []}
+    it = range(steps)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = bar = tqdm(it, desc=desc or "train_shallow", leave=False)
+    for step in it:
+        opt.zero_grad()
+        r = model(y) - x
+        data = r.pow(2).sum() / r.shape[0]
+        loss = data + weight_decay * model.cost()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 10 == 0 or step == steps - 1:
+            hist["loss"].append(data.item())
+            hist["cost"].append(model.cost().item())
+            if bar is not None and step % 200 == 0:
+                bar.set_postfix(loss=f"{data.item():.1e}", cost=f"{hist['cost'][-1]:.3g}")
+    with torch.no_grad():
+        r = model(y) - x
+        hist["max_residual"] = float(r.reshape(r.shape[0], -1).norm(dim=1).max())
+    return hist
