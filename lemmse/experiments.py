@@ -52,6 +52,7 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 
 from lemmse.data import load_dataset
+from lemmse.groups import GROUPS as GROUPS_OF_NETS
 from lemmse.metrics import psnr
 from lemmse.nets import ARCHS
 from lemmse.train import PHYSICS, TrainConfig, checkpoint_path, load_checkpoint, make_operator, predict, train_or_load
@@ -60,6 +61,11 @@ __all__ = [
     "SIGMAS",
     "EVAL_SPLITS",
     "CSV_COLUMNS",
+    "BUDGET_STEPS",
+    "BUDGET_CSV_COLUMNS",
+    "evaluate_budget",
+    "write_budget_csv",
+    "read_budget_csv",
     "Scale",
     "SCALES",
     "Experiment",
@@ -88,6 +94,28 @@ SIGMAS = (0.05, 0.1, 0.2, 0.5, 0.8)
 
 #: Train images (with fresh noise) and held-out test images.
 EVAL_SPLITS = ("train", "test")
+
+#: Steps of the training-budget study (batch size and everything else as the "cpu" scale):
+#: 100 to 12 800 steps of 32 images, 3 200 to 409 600 images seen (128x).
+BUDGET_STEPS = (100, 400, 800, 1600, 6400, 12800)
+
+#: Columns of ``results/training_budget.csv``, in order.
+BUDGET_CSV_COLUMNS = (
+    "dataset",
+    "task",
+    "arch",
+    "physics",
+    "split",
+    "sigma",
+    "n_train",
+    "steps",
+    "batch_size",
+    "images_seen",
+    "n_images",
+    "psnr_net_lemmse",
+    "psnr_net_truth",
+    "psnr_lemmse_truth",
+)
 
 #: Columns of ``results/agreement.csv``, in order.
 CSV_COLUMNS = (
@@ -219,15 +247,17 @@ class Experiment:
         values.update(overrides)
         return TrainConfig(**values)
 
-    def command(self, scale="cpu", steps: Optional[int] = None) -> str:
+    def command(self, scale="cpu", steps: Optional[int] = None, group: str = "translations") -> str:
         """The one command that (re)trains this experiment at ``scale`` (device auto).
 
-        ``steps`` (default: the scale's) adds ``--steps``: the training-budget networks.
+        ``steps`` (default: the scale's) adds ``--steps``: the training-budget networks;
+        ``group`` other than "translations" adds ``--group``: the group-averaged networks.
         """
         s = _scale(scale)
         extra = "" if self.patch_size == 5 else f" --patch-size {self.patch_size}"
         extra += "" if self.n_train is None else f" --n-train {self.n_train}"
         extra += "" if steps is None or steps == s.steps else f" --steps {int(steps)}"
+        extra += "" if group == "translations" else f" --group {group}"
         grid = "" if self in GRID else " --grid analysis"
         return (
             f"python -m lemmse experiment train --scale {s.name}{grid} --dataset {self.dataset} "
@@ -263,6 +293,9 @@ def _build_analysis() -> tuple:
     # dataset size: the U-Net on FashionMNIST denoising with n = 100 and 1 000 (10 000 is in GRID)
     for n in (100, 1_000):
         exps.append(Experiment("fashion-mnist", "denoising", "unet", n_train=n))
+    # symmetry (chapter 14): the ResNet with n = 1 000 too; both are also trained group-averaged
+    # (--group d4)
+    exps.append(Experiment("fashion-mnist", "denoising", "resnet", n_train=1_000))
     # patch size: U-Net and PatchMLP with P = 3, 7, 9 (P = 5 is in GRID)
     for P in (3, 7, 9):
         for arch in ("unet", "patchmlp"):
@@ -270,7 +303,8 @@ def _build_analysis() -> tuple:
     return tuple(exps)
 
 
-#: The extra networks of the analysis chapter (dataset size and patch size; 8 networks).
+#: The extra networks of the analysis chapter (dataset size and patch size) and of the symmetry
+#: chapter (9 networks).
 ANALYSIS = _build_analysis()
 
 #: Named grids for the command line (``--grid``).
@@ -393,7 +427,7 @@ def export_grid(
         path = checkpoint_path(config, src)
         if not path.exists():
             raise FileNotFoundError(
-                f"no finished checkpoint {path}; train it first: {exp.command(s, config.steps)}"
+                f"no finished checkpoint {path}; train it first: {exp.command(s, config.steps, config.group)}"
             )
         out = export_checkpoint(path, dst / path.name, half=True)
         ckpt = torch.load(out, map_location="cpu", weights_only=False)
@@ -402,7 +436,7 @@ def export_grid(
             "experiment": dataclasses.asdict(exp),
             "scale": s.name,
             "config": config.identity(),
-            "command": exp.command(s, config.steps),
+            "command": exp.command(s, config.steps, config.group),
             "data": {
                 "dataset": config.dataset,
                 "split": config.split,
@@ -688,13 +722,54 @@ def evaluate_patch_size(
     return rows
 
 
+def evaluate_budget(
+    experiments: Sequence[Experiment],
+    steps: Sequence[int] = BUDGET_STEPS,
+    scale="cpu",
+    **kwargs,
+) -> list:
+    """The agreement of :func:`evaluate_agreement` for the networks trained ``steps`` steps.
+
+    Each budget is its own training run (the learning rate warms up and decays to 0 at its
+    ``steps``), not a snapshot of a longer one. The LE-MMSE outputs do not depend on the
+    budget: with a ``cache`` they are computed once. ``kwargs`` go to
+    :func:`evaluate_agreement` (``sigmas``, ``splits``, ``n_images``, ``roots``, ``cache``, ...).
+
+    Returns rows with the keys of :data:`BUDGET_CSV_COLUMNS` (``images_seen`` = steps × batch).
+    """
+    steps = list(steps)
+    if not steps or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in steps):
+        raise ValueError(f"steps must be a non-empty sequence of positive integers, got {steps!r}")
+    if kwargs.get("return_images"):
+        raise ValueError("evaluate_budget does not return images; call evaluate_agreement(..., steps=...)")
+    rows = []
+    for t in steps:
+        batch = {e: e.config(scale, steps=t).batch_size for e in experiments}
+        for r in evaluate_agreement(experiments, scale, steps=t, **kwargs):
+            b = next(v for e, v in batch.items() if e.arch == r["arch"] and e.task == r["task"]
+                     and e.dataset == r["dataset"] and e.physics == r["physics"])
+            rows.append({**r, "steps": t, "batch_size": b, "images_seen": t * b})
+    return rows
+
+
+def write_budget_csv(rows: Sequence[dict], path: Union[str, os.PathLike] = "results/training_budget.csv") -> Path:
+    """Write the rows of :func:`evaluate_budget` with the columns :data:`BUDGET_CSV_COLUMNS` (atomically)."""
+    return _write_csv(rows, path, BUDGET_CSV_COLUMNS)
+
+
+def read_budget_csv(path: Union[str, os.PathLike] = "results/training_budget.csv") -> list:
+    """Rows of ``path`` (see :data:`BUDGET_CSV_COLUMNS`)."""
+    return _read_csv(path, BUDGET_CSV_COLUMNS)
+
+
 # --------------------------------------------------------------------------- CSV
 
-_INT_COLUMNS = ("n_train", "n_images", "patch_net", "patch_lemmse")
+_INT_COLUMNS = ("n_train", "n_images", "patch_net", "patch_lemmse", "steps", "batch_size", "images_seen")
 
 
 def _row_key(row: dict) -> tuple:
-    keys = [k for k in PATCH_CSV_COLUMNS if not k.startswith("psnr_") and k in row]
+    columns = dict.fromkeys(PATCH_CSV_COLUMNS + BUDGET_CSV_COLUMNS)
+    keys = [k for k in columns if not k.startswith("psnr_") and k in row]
     return tuple(float(row[k]) if k == "sigma" else int(row[k]) if k in _INT_COLUMNS else row[k] for k in keys)
 
 
@@ -721,7 +796,7 @@ def _write_csv(rows: Sequence[dict], path, columns: tuple) -> Path:
         raise ValueError(f"rows must have the keys {', '.join(columns)}; missing {sorted(set(missing))}")
     order = lambda r: tuple(  # noqa: E731
         float(r[k]) if k == "sigma" else int(r[k]) if k in _INT_COLUMNS else r[k]
-        for k in ("dataset", "task", "physics", "arch", "split", "n_train", "n_images", "patch_net",
+        for k in ("dataset", "task", "physics", "arch", "split", "n_train", "steps", "n_images", "patch_net",
                   "patch_lemmse", "sigma") if k in columns)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -794,6 +869,8 @@ def _add_cli(sub):
                        help="only experiments with these numbers of training images (default: all)")
         q.add_argument("--steps", type=int, default=None,
                        help="optimiser steps (default: the scale's; the training-budget study)")
+        q.add_argument("--group", default="translations", choices=tuple(GROUPS_OF_NETS),
+                       help="networks averaged over this group of grid symmetries (default: translations)")
         q.add_argument("--data-root", default=None, help="data folder (default: $LEMMSE_DATA or ~/.cache/lemmse/data)")
         q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -821,6 +898,22 @@ def _add_cli(sub):
                    help="folder where LE-MMSE outputs are reused, or 'none' (default: checkpoints/cache)")
     a.set_defaults(func=_run_agreement)
 
+    b = actions.add_parser("budget", help="the training-budget study: agreement against steps -> CSV")
+    filters(b)
+    b.add_argument("--budget-steps", type=int, nargs="+", default=list(BUDGET_STEPS),
+                   help=f"the budgets, in steps (default: {' '.join(map(str, BUDGET_STEPS))})")
+    b.add_argument("--out", default="results/training_budget.csv",
+                   help="CSV, updated in place (default: results/training_budget.csv)")
+    b.add_argument("--n-images", type=int, default=8, help="images per split (default: 8)")
+    b.add_argument("--sigma", type=float, nargs="+", default=list(SIGMAS),
+                   help=f"(default: {' '.join(map(str, SIGMAS))})")
+    b.add_argument("--split", nargs="+", choices=EVAL_SPLITS, default=list(EVAL_SPLITS))
+    b.add_argument("--roots", nargs="+", default=[str(RESULTS_CHECKPOINTS), "checkpoints"],
+                   help="checkpoint folders searched in order (default: results/checkpoints checkpoints)")
+    b.add_argument("--cache", default="checkpoints/cache",
+                   help="folder where LE-MMSE outputs are reused, or 'none' (default: checkpoints/cache)")
+    b.set_defaults(func=_run_budget)
+
     ps = actions.add_parser("patch-size", help="PSNR(net with patch size P, LE-MMSE with patch size P') -> CSV")
     filters(ps)
     ps.set_defaults(grid="all")
@@ -845,12 +938,15 @@ def _selection(args) -> dict:
 
 
 def _overrides(args) -> dict:
-    """TrainConfig fields set on the command line (``--steps``)."""
-    if args.steps is None:
-        return {}
-    if args.steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
-    return {"steps": args.steps}
+    """TrainConfig fields set on the command line (``--steps``, ``--group``)."""
+    out = {}
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+        out["steps"] = args.steps
+    if getattr(args, "group", "translations") != "translations":
+        out["group"] = args.group
+    return out
 
 
 def _run_train(args) -> int:
@@ -901,6 +997,27 @@ def _run_agreement(args) -> int:
     out = _merge_into(args.out, rows, read_agreement_csv, write_agreement_csv)
     for r in rows:
         print(f"{r['dataset']} {r['task']} {r['physics']} {r['arch']:8s} {r['split']:5s} σ={r['sigma']:<4g} "
+              f"net-LE {r['psnr_net_lemmse']:6.2f}  net-x {r['psnr_net_truth']:6.2f}  LE-x {r['psnr_lemmse_truth']:6.2f}")
+    print(f"wrote {out} ({len(rows)} rows updated)")
+    return 0
+
+
+def _run_budget(args) -> int:
+    import sys
+
+    try:
+        if args.steps is not None:
+            raise ValueError("use --budget-steps to choose the budgets of the study, not --steps")
+        exps = select(**_selection(args), scale=args.scale)
+        rows = evaluate_budget(exps, args.budget_steps, args.scale, sigmas=args.sigma, splits=args.split,
+                               n_images=args.n_images, roots=args.roots, data_root=args.data_root,
+                               progress=not args.no_progress, cache=None if args.cache == "none" else args.cache)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out = _merge_into(args.out, rows, read_budget_csv, write_budget_csv)
+    for r in rows:
+        print(f"{r['arch']:8s} {r['split']:5s} steps={r['steps']:<6d} σ={r['sigma']:<4g} "
               f"net-LE {r['psnr_net_lemmse']:6.2f}  net-x {r['psnr_net_truth']:6.2f}  LE-x {r['psnr_lemmse_truth']:6.2f}")
     print(f"wrote {out} ({len(rows)} rows updated)")
     return 0

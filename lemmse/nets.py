@@ -26,6 +26,11 @@ by 0. The receptive field of a network is ``1 + 2 m``, with ``m`` the largest nu
   (exactly a linear map of the circularly-unfolded patch), the other layers are 1×1.
 
 All three return ``v + f(v, σ)`` (a pointwise residual, which keeps both properties).
+
+:class:`GroupAveraged` (``make_model(..., group="d4")``) wraps any of them by group averaging,
+``φ_G(v) = (1/|G|) Σ_g g⁻¹ φ(g v)``, for the grid symmetries of :mod:`lemmse.groups`
+(book chapter 14): exactly equivariant to the group as well, and still local with the same
+P×P window (each ``g`` maps the window of pixel ``i`` onto the window of ``g(i)``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ __all__ = [
     "UNet",
     "ResNet",
     "PatchMLP",
+    "GroupAveraged",
     "SigmaEmbedding",
     "FiLM",
     "make_model",
@@ -335,6 +341,48 @@ class PatchMLP(SigmaNet):
 _CLASSES = {"unet": UNet, "resnet": ResNet, "patchmlp": PatchMLP}
 
 
+class GroupAveraged(nn.Module):
+    """``φ_G(v, σ) = (1/|G|) Σ_g g⁻¹ φ(g v, σ)``: a network made exactly G-equivariant.
+
+    ``base`` is a :class:`SigmaNet`; ``group`` a name of ``lemmse.groups.GROUPS`` other than
+    "translations" (or a ``Group``). The |G| transformed copies of a batch go through ``base``
+    as one batch of ``|G| B`` images, so a step costs about |G| times the base network's.
+    The attributes of :class:`SigmaNet` (``arch``, ``channels``, ``patch_size``, ``width``,
+    ``hparams``) are the base network's, with ``group`` added.
+    """
+
+    def __init__(self, base: SigmaNet, group):
+        super().__init__()
+        from lemmse.groups import get_group
+
+        if not isinstance(base, SigmaNet):
+            raise TypeError(f"base must be a SigmaNet, got {type(base).__name__}")
+        self.group = get_group(group)
+        if len(self.group) == 1:
+            raise ValueError("group='translations' needs no averaging: use the base network itself")
+        self.base = base
+
+    arch = property(lambda self: self.base.arch)
+    channels = property(lambda self: self.base.channels)
+    patch_size = property(lambda self: self.base.patch_size)
+    width = property(lambda self: self.base.width)
+
+    @property
+    def hparams(self) -> dict:
+        return {**self.base.hparams, "group": self.group.name}
+
+    def forward(self, v: torch.Tensor, sigma) -> torch.Tensor:
+        if not isinstance(v, torch.Tensor) or v.ndim != 4 or v.shape[1] != self.channels:
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"v must be a tensor [B, {self.channels}, H, W], got {shape}")
+        if self.group.needs_square and v.shape[-1] != v.shape[-2]:
+            raise ValueError(f"group {self.group.name!r} needs square images, got {v.shape[-2]}x{v.shape[-1]}")
+        B, k = v.shape[0], len(self.group)
+        s = _sigma_vector(sigma, B, v).repeat(k)
+        out = self.base(self.group.orbit(v), s)
+        return sum(g.inverse.apply(out[j * B:(j + 1) * B]) for j, g in enumerate(self.group)) / k
+
+
 def make_model(
     arch: str,
     channels: int,
@@ -343,7 +391,8 @@ def make_model(
     *,
     emb_dim: int = 64,
     depth: Optional[int] = None,
-) -> SigmaNet:
+    group: Optional[str] = None,
+) -> nn.Module:
     """Build a σ-conditioned network with receptive field exactly P×P.
 
     ``x_hat = model(v, sigma) = v + f(v, σ)``, ``x_hat[i]`` a function of the P×P circular
@@ -363,12 +412,17 @@ def make_model(
         Size of the σ embedding.
     depth : int, optional
         PatchMLP only: number of hidden layers (default 3).
+    group : str, optional
+        None or "translations": the network itself; another name of ``lemmse.groups.GROUPS``
+        ("d4", "c4", "c2", "flips"): the network wrapped in :class:`GroupAveraged`.
 
     Returns
     -------
-    SigmaNet
+    SigmaNet or GroupAveraged
         ``model(v, sigma)``: v [B, C, H, W], σ a float or [B] -> [B, C, H, W].
     """
+    if group is not None and group != "translations":
+        return GroupAveraged(make_model(arch, channels, patch_size, width, emb_dim=emb_dim, depth=depth), group)
     arch = _check_arch(arch)
     channels = _check_int("channels", channels, 1)
     patch_size = _check_patch_size(patch_size)

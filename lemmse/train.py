@@ -134,6 +134,11 @@ class TrainConfig:
         P, odd, >= 3: the networks' receptive field.
     width : int, "default", "reference" or None
         Resolved to an integer on creation (``lemmse.nets.make_model``).
+    group : str
+        "translations" (default): the plain network; "d4", "c4", "c2" or "flips": the network
+        averaged over that group of grid symmetries (``lemmse.nets.GroupAveraged``; |G| times the
+        cost of a step). Left out of :meth:`identity` when "translations", so the networks
+        trained before the field existed keep their names.
     steps, batch_size : int
         Optimiser steps and images per step (reference: 24 000 and 256 on a GPU).
     lr, weight_decay, grad_clip : float
@@ -169,6 +174,7 @@ class TrainConfig:
     arch: str = "unet"
     patch_size: int = 5
     width: Union[int, str, None] = None
+    group: str = "translations"
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
@@ -194,6 +200,9 @@ class TrainConfig:
         if self.patch_size % 2 == 0:
             raise ValueError(f"patch_size must be odd, got {self.patch_size}")
         set_("width", _resolve_width(self.arch, self.patch_size, self.width))
+        from lemmse.groups import GROUPS
+
+        _as_choice("group", self.group, tuple(GROUPS))
         set_("steps", _as_int("steps", self.steps, 1))
         set_("batch_size", _as_int("batch_size", self.batch_size, 1))
         set_("lr", _as_float("lr", self.lr, 0.0))
@@ -238,7 +247,10 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The fields that determine the trained weights (all but ``device`` and ``checkpoint_every``)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        if d["group"] == "translations":
+            del d["group"]
+        return d
 
     def key(self) -> str:
         """Stable 12-hex-digit hash of :meth:`identity` (sha256 of its sorted JSON)."""
@@ -249,7 +261,8 @@ class TrainConfig:
         """Checkpoint file name: a readable prefix and :meth:`key`."""
         prefix = (
             f"{self.dataset}_{self.task}_{self.physics}_{self.arch}_P{self.patch_size}"
-            f"_w{self.width}_n{self.n_train}_s{self.steps}"
+            f"_w{self.width}{'' if self.group == 'translations' else '_g' + self.group}"
+            f"_n{self.n_train}_s{self.steps}"
         )
         prefix = "".join(c if c.isalnum() or c in "-_." else "-" for c in prefix)
         return f"{prefix}_{self.key()}.pt"
@@ -462,7 +475,9 @@ def _config_from(ckpt: dict, path) -> TrainConfig:
 
 def _check_same(config: TrainConfig, saved: TrainConfig, path):
     a, b = config.identity(), saved.identity()
-    diff = [f"{k}: requested {a[k]!r}, checkpoint {b[k]!r}" for k in a if a[k] != b[k]]
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields left out of identity()
+    diff = [f"{k}: requested {a.get(k, default[k])!r}, checkpoint {b.get(k, default[k])!r}"
+            for k in dict.fromkeys([*a, *b]) if a.get(k, default[k]) != b.get(k, default[k])]
     if diff:
         raise ValueError(f"checkpoint {path} was trained with another config ({'; '.join(diff)})")
 
@@ -478,7 +493,7 @@ def _build_model(config: TrainConfig, channels: int) -> SigmaNet:
     """Initial weights from ``config.seed``, independent of the global RNG and of the device."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return make_model(config.arch, channels, config.patch_size, config.width)
+        return make_model(config.arch, channels, config.patch_size, config.width, group=config.group)
 
 
 def _training_data(config: TrainConfig, data, data_root) -> torch.Tensor:
