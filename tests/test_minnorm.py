@@ -262,6 +262,11 @@ def test_emmse_vectors_and_values_against_direct_sum():
     refv = (w * vals).sum(-1) / w.sum(-1)
     out = emmse(pts, y, sigma, values=vals, chunk=10)  # several chunks
     assert out.shape == (4, 5) and (out - refv).abs().max() < 1e-13
+    # several noise levels in one pass: the same as one at a time
+    many = emmse(pts, y, [0.3, sigma], values=vals)
+    assert many.shape == (2, 4, 5)
+    assert torch.equal(many[1], emmse(pts, y, sigma, values=vals))
+    assert torch.equal(many[0], emmse(pts, y, 0.3, values=vals))
 
 
 @pytest.mark.parametrize("sigma, match", [
