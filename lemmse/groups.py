@@ -57,6 +57,9 @@ def _signature(name):
 
 _BY_SIGNATURE = {_signature(n): n for n in _ACTIONS}
 
+# the noise level whose log-density gives the nearest-neighbour distances of symmetry_score
+NN_SIGMA = 1e-4
+
 
 @dataclass(frozen=True)
 class GroupElement:
@@ -187,7 +190,10 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
     (≈ 0: ``g`` leaves the patch distribution unchanged; ≪ 0: ``g`` makes atypical patches),
     and the nearest-neighbour ratio
     :math:`\rho(g) = \overline{\min_k \|g\cdot q_m - k\|} / \overline{\min_k \|q_m - k\|}`.
-    Distances by GEMM over chunks of keys (float32, centred), all ``sigma`` in one pass.
+    One pass of the streaming attention engine (``lemmse.engine``; the fused native kernel on
+    CPUs with AVX2 or AVX-512) over the training patches, chunk by chunk, for all ``sigma``
+    at once; the nearest-neighbour distances come from one more, tiny noise level ``NN_SIGMA``
+    (error below ``2 NN_SIGMA² log K`` in the squared distance).
 
     Parameters
     ----------
@@ -200,7 +206,7 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
         Number of test patches (drawn uniformly over images and positions, seeded).
     seed : int
     chunk : int
-        Keys per GEMM chunk.
+        Training patches per chunk of keys.
 
     Returns
     -------
@@ -208,13 +214,23 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
         ``"elements"`` (names), ``"sigma"`` (list), ``"score"``: Tensor ``[len(sigma), |G|]``
         (float64), ``"nn_ratio"``: Tensor ``[|G|]``.
     """
+    from lemmse.engine import DEFAULT_MEMORY_BUDGET, KeyChunk, StreamingAttention, no_tf32
+
     G = get_group(group)
-    P = int(patch_size)
-    if P < 1 or P % 2 == 0:
-        raise ValueError(f"patch_size must be odd and positive, got {patch_size}")
+    for name, t in (("train", train), ("test", test)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[0] < 1:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a tensor [N, C, H, W] with N >= 1, got {got}")
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(f"train and test must have the same channels, got {train.shape[1]} and {test.shape[1]}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size % 2 == 0:
+        raise ValueError(f"patch_size must be odd and positive, got {patch_size!r}")
+    P = patch_size
     sigmas = [float(sigma)] if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
-    if not sigmas or min(sigmas) <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    if not sigmas or not all(math.isfinite(s) and s > 0 for s in sigmas):
+        raise ValueError(f"sigma must be positive and finite, got {sigma!r}")
+    if isinstance(n_patches, bool) or not isinstance(n_patches, int) or n_patches < 1:
+        raise ValueError(f"n_patches must be a positive integer, got {n_patches!r}")
     C = train.shape[1]
     D = C * P * P
     gen = torch.Generator().manual_seed(int(seed))
@@ -224,25 +240,27 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
     q = _patches(test[idx_img].float(), P)[torch.arange(n_patches), idx_pos]  # [M, D]
     # g acts on a patch as on a C x P x P image (the centre stays the centre)
     qs = torch.cat([g.apply(q.view(-1, C, P, P)).reshape(-1, D) for g in G])  # [|G| M, D]
-    off = train.float().mean()
-    qs = (qs - off).contiguous()
-    qn = (qs * qs).sum(1, keepdim=True)
-    S = torch.tensor(sigmas, dtype=torch.float64)
-    lse = torch.full((len(sigmas), qs.shape[0]), -math.inf, dtype=torch.float64)
-    dmin = torch.full((qs.shape[0],), math.inf)
-    imgs_per = max(1, chunk // (H * W))
+    off = train.float().mean()  # centring keeps the fp32 dot products accurate
+    qs = qs - off
+    nq = qs.shape[0]
+    # one extra noise level, tiny, whose log-sum-exp is the nearest-key logit:
+    # -2 s^2 lse = d_min^2 - 2 s^2 log(number of keys within about s of d_min)
+    S = torch.tensor(sigmas + [NN_SIGMA], dtype=torch.float64)
+    att = StreamingAttention(qs.repeat(len(S), 1).contiguous(),
+                             S.repeat_interleave(nq).float(), None, value_dim=1,
+                             memory_budget=DEFAULT_MEMORY_BUDGET)
+    imgs_per = max(1, int(chunk) // (train.shape[-2] * train.shape[-1]))
     K = 0
-    with torch.no_grad():
+    with torch.no_grad(), no_tf32():
         for n0 in range(0, train.shape[0], imgs_per):
-            k = (_patches(train[n0:n0 + imgs_per].float(), P).reshape(-1, D) - off)
+            k = (_patches(train[n0:n0 + imgs_per].float(), P).reshape(-1, D) - off).contiguous()
             K += k.shape[0]
-            d2 = (qn + (k * k).sum(1)[None] - 2.0 * qs @ k.T).clamp_min_(0.0)  # [Q, Kc]
-            dmin = torch.minimum(dmin, d2.amin(1))
-            for a, s in enumerate(sigmas):
-                part = torch.logsumexp(d2 * (-0.5 / s ** 2), 1).double()
-                lse[a] = torch.logaddexp(lse[a], part)
+            att.update(KeyChunk(k, torch.zeros(k.shape[0], 1)))
+        lse = att.result()[1].double().view(len(S), nq)
+    dmin = (-2.0 * NN_SIGMA ** 2 * lse[-1]).clamp_min(0.0)
+    S, lse = S[:-1], lse[:-1]
     logp = lse - math.log(K) - 0.5 * D * torch.log(2 * math.pi * S[:, None] ** 2)
     logp = logp.view(len(sigmas), len(G), n_patches).mean(2)
-    nn = dmin.double().sqrt().view(len(G), n_patches).mean(1)
+    nn = dmin.sqrt().view(len(G), n_patches).mean(1)
     return {"elements": [g.name for g in G], "sigma": sigmas,
             "score": logp - logp[:, :1], "nn_ratio": nn / nn[0]}

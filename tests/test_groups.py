@@ -249,3 +249,61 @@ def test_symmetry_score():
     assert res2["nn_ratio"][fv] > 1.2
     with pytest.raises(ValueError, match="sigma"):
         symmetry_score(sym, sym, "d4", 3, 0.0)
+
+
+def _oracle_symmetry_score(train, test, group, P, sigmas, n_patches, seed):
+    """float64 brute force of the score and the nearest-neighbour ratio (same patch draws)."""
+    gen = torch.Generator().manual_seed(seed)
+    Nt, C, H, W = test.shape
+    idx_img = torch.randint(Nt, (n_patches,), generator=gen)
+    idx_pos = torch.randint(H * W, (n_patches,), generator=gen)
+    q = _all_patches(test.double(), P)[idx_img, idx_pos]  # [M, C, P, P]
+    keys = _all_patches(train.double(), P).reshape(-1, C * P * P)
+    K, D = keys.shape
+    # name each element by the matrix that reproduces it on a patch of distinct entries
+    probe = torch.arange(C * P * P, dtype=F64).view(1, C, P, P)
+    names = [g.name for g in get_group(group)]
+    mats = {}
+    for g in get_group(group):
+        hit = [M for M in _MATS[group] if torch.equal(_transform_patch(probe, M, P), g.apply(probe))]
+        assert len(hit) == 1
+        mats[g.name] = hit[0]
+    score = torch.empty(len(sigmas), len(names), dtype=F64)
+    nn = torch.empty(len(names), dtype=F64)
+    for j, name in enumerate(names):
+        gq = _transform_patch(q, mats[name], P).reshape(n_patches, D)
+        d2 = ((gq[:, None, :] - keys[None]) ** 2).sum(-1)  # [M, K]
+        nn[j] = d2.min(1).values.sqrt().mean()
+        for a, s in enumerate(sigmas):
+            logp = (torch.logsumexp(-d2 / (2 * s * s), 1) - math.log(K)
+                    - 0.5 * D * math.log(2 * math.pi * s * s))
+            score[a, j] = logp.mean()
+    return names, score - score[:, :1], nn / nn[0]
+
+
+@pytest.mark.parametrize("group,C", [("d4", 1), ("flips", 3)])
+def test_symmetry_score_matches_oracle(group, C):
+    train = O.smooth_images(6, C, 7, 7, seed=3).float()
+    train = train + 0.4 * torch.linspace(0, 1, 7).view(1, 1, 7, 1)  # not flip_v-invariant
+    test = O.smooth_images(4, C, 7, 7, seed=4).float() + 0.4 * torch.linspace(0, 1, 7).view(1, 1, 7, 1)
+    sigmas = [0.05, 0.2, 0.7]
+    res = symmetry_score(train, test, group, 3, sigmas, n_patches=40, seed=5)
+    names, score, nn = _oracle_symmetry_score(train, test, group, 3, sigmas, 40, 5)
+    assert res["elements"] == names and res["sigma"] == sigmas
+    assert res["score"].dtype == F64 and res["score"].shape == (3, len(names))
+    assert torch.allclose(res["score"], score, rtol=1e-4, atol=2e-4)
+    assert torch.allclose(res["nn_ratio"], nn, rtol=1e-5, atol=0)
+    assert score[:, 1:].abs().max() > 0.05  # the data are asymmetric: the oracle can tell
+
+
+def test_symmetry_score_errors():
+    x = O.smooth_images(4, 1, 7, 7, seed=0).float()
+    for kwargs, match in (({"train": x[0]}, "train must be a tensor"),
+                          ({"test": x.repeat(1, 3, 1, 1)}, "same channels"),
+                          ({"patch_size": 4}, "patch_size"), ({"patch_size": 3.0}, "patch_size"),
+                          ({"sigma": [0.1, float("nan")]}, "sigma"), ({"sigma": []}, "sigma"),
+                          ({"n_patches": 0}, "n_patches")):
+        args = {"train": x, "test": x, "group": "d4", "patch_size": 3, "sigma": 0.1}
+        args.update(kwargs)
+        with pytest.raises(ValueError, match=match):
+            symmetry_score(**args)
