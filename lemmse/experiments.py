@@ -13,10 +13,15 @@ the reference setup (reference widths, 24 000 steps of 256 images; for a GPU). F
   ``n_train`` training images (book chapter "Networks vs LE-MMSE");
 - :func:`write_agreement_csv` / :func:`read_agreement_csv`: ``results/agreement.csv``;
 - :func:`evaluate_patch_size`: each network against the LE-MMSEs of several patch sizes
-  (``results/patch_size.csv``, book chapter "What the agreement reveals").
+  (``results/patch_size.csv``, book chapter "What the agreement reveals");
+- :func:`evaluate_budget`: the agreement of the networks trained for each of several budgets
+  (``results/training_budget.csv``, chapter "Networks vs LE-MMSE");
+- :func:`evaluate_groups`: group-averaged networks against the LE-MMSE of each group orbit
+  (``results/groups.csv``, chapter "Beyond translations").
 
 Two grids: :data:`GRID` (the 25 networks of the agreement tables) and :data:`ANALYSIS` (U-Nets on
-n = 100 and 1 000 images; U-Nets and PatchMLPs with P = 3, 7, 9), selected with ``--grid``.
+n = 100 and 1 000 images, a ResNet on 1 000; U-Nets and PatchMLPs with P = 3, 7, 9), selected with
+``--grid``. ``--steps`` and ``--group`` train and select variants of any of them.
 
 Command line (one command per step; every command also takes ``--dataset``, ``--task``,
 ``--arch``, ``--physics`` filters)::
@@ -25,6 +30,8 @@ Command line (one command per step; every command also takes ``--dataset``, ``--
     python -m lemmse experiment export --scale cpu           # -> results/checkpoints
     python -m lemmse experiment agreement --scale cpu --out results/agreement.csv
     python -m lemmse experiment patch-size --scale cpu --grid all --dataset fashion-mnist --task denoising --arch unet patchmlp --n-train 10000
+    python -m lemmse experiment budget --dataset fashion-mnist --task denoising --physics agnostic
+    python -m lemmse experiment groups --dataset fashion-mnist --task denoising --n-train 1000 --arch unet resnet
 
 At the reference scale, on a GPU (``device="auto"`` picks CUDA) with the full data sets, one
 command reruns each experiment (here FashionMNIST denoising with the U-Net)::
@@ -66,6 +73,10 @@ __all__ = [
     "evaluate_budget",
     "write_budget_csv",
     "read_budget_csv",
+    "GROUP_CSV_COLUMNS",
+    "evaluate_groups",
+    "write_groups_csv",
+    "read_groups_csv",
     "Scale",
     "SCALES",
     "Experiment",
@@ -146,6 +157,24 @@ PATCH_CSV_COLUMNS = (
     "patch_net",
     "patch_lemmse",
     "psnr_net_lemmse",
+)
+
+#: Columns of ``results/groups.csv`` (networks averaged over ``group_net`` against the LE-MMSE
+#: of the orbit under ``group_lemmse``; book chapter 14), in order.
+GROUP_CSV_COLUMNS = (
+    "dataset",
+    "task",
+    "arch",
+    "physics",
+    "split",
+    "sigma",
+    "n_train",
+    "n_images",
+    "group_net",
+    "group_lemmse",
+    "psnr_net_lemmse",
+    "psnr_net_truth",
+    "psnr_lemmse_truth",
 )
 
 #: Where the committed (exported, fp16) checkpoints live, relative to the repository root.
@@ -722,6 +751,85 @@ def evaluate_patch_size(
     return rows
 
 
+def evaluate_groups(
+    experiments: Sequence[Experiment],
+    scale="cpu",
+    *,
+    net_groups: Sequence[str] = ("translations", "d4"),
+    lemmse_groups: Sequence[str] = ("translations", "flips", "d4"),
+    sigmas: Sequence[float] = (0.1, 0.2, 0.5),
+    split: str = "test",
+    n_images: int = 8,
+    roots: Iterable = (RESULTS_CHECKPOINTS, "checkpoints"),
+    data_root=None,
+    seed: int = 0,
+    progress: bool = True,
+    cache: Union[str, os.PathLike, None] = None,
+) -> list:
+    """PSNR between each group-averaged network and the LE-MMSE of each group orbit (chapter 14).
+
+    For every experiment and every group of ``net_groups``, the network trained with
+    ``TrainConfig(group=...)`` (``"translations"``: the plain network) is compared on the same
+    measurements (the noise of :func:`noise_seed`) with ``LEMMSE(train, A, P, group=g)`` for
+    every ``g`` of ``lemmse_groups``. If a network is best explained by the LE-MMSE of its own
+    group, ``group_lemmse == group_net`` has the largest ``psnr_net_lemmse`` of its row.
+
+    Returns rows with the keys of :data:`GROUP_CSV_COLUMNS`.
+    """
+    from tqdm.auto import tqdm
+
+    from lemmse.estimators import LEMMSE
+
+    for name, groups_ in (("net_groups", net_groups), ("lemmse_groups", lemmse_groups)):
+        if isinstance(groups_, str) or not groups_ or any(g not in GROUPS_OF_NETS for g in groups_):
+            raise ValueError(f"{name} must be a non-empty sequence of groups among {tuple(GROUPS_OF_NETS)}, "
+                             f"got {groups_!r}")
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+    s = _scale(scale)
+    roots = tuple(roots)
+
+    def config(exp, g):
+        return exp.config(s) if g == "translations" else exp.config(s, group=g)
+
+    settings = {}
+    for exp in experiments:
+        c = exp.config(s)
+        settings.setdefault((exp.dataset, exp.task, exp.physics, exp.patch_size, c.n_train), []).append(exp)
+    rows = []
+    total = len(settings) * len(lemmse_groups) * len(sigmas)
+    with tqdm(total=total, disable=not progress, desc="groups", unit="LE-MMSE", dynamic_ncols=True) as bar:
+        for (dataset, task, physics, patch_size, n_train), exps in settings.items():
+            models = {(e, g): load_checkpoint(find_checkpoint(config(e, g), roots))[0]
+                      for e in exps for g in net_groups}
+            train = load_dataset(dataset, "train", n=n_train, root=data_root)
+            op = make_operator(task, tuple(train.shape[1:]))
+            x = eval_images(dataset, split, n_images, n_train, data_root)
+            nets = {}
+            for gl in lemmse_groups:
+                est = LEMMSE(train, op, patch_size=patch_size, preinverse=PHYSICS[physics], group=gl)
+                key = {"dataset": dataset, "task": task, "physics": physics, "P": patch_size, "n_train": n_train}
+                if gl != "translations":  # the plain LE-MMSE shares the cache of the other studies
+                    key["group"] = gl
+                for sigma in sigmas:
+                    bar.set_postfix_str(f"{dataset} {task} {gl} σ={sigma}")
+                    y, x_le = lemmse_outputs(est, train, op, key, x, split, sigma, seed, cache)
+                    p_le = _mean(psnr(x_le, x))
+                    for (exp, gn), model in models.items():
+                        if (exp, gn, sigma) not in nets:
+                            nets[(exp, gn, sigma)] = predict(model, y, float(sigma))
+                        x_net = nets[(exp, gn, sigma)]
+                        rows.append({
+                            "dataset": dataset, "task": task, "arch": exp.arch, "physics": physics,
+                            "split": split, "sigma": float(sigma), "n_train": n_train,
+                            "n_images": int(x.shape[0]), "group_net": gn, "group_lemmse": gl,
+                            "psnr_net_lemmse": _mean(psnr(x_net, x_le)), "psnr_net_truth": _mean(psnr(x_net, x)),
+                            "psnr_lemmse_truth": p_le,
+                        })
+                    bar.update(1)
+    return rows
+
+
 def evaluate_budget(
     experiments: Sequence[Experiment],
     steps: Sequence[int] = BUDGET_STEPS,
@@ -762,13 +870,23 @@ def read_budget_csv(path: Union[str, os.PathLike] = "results/training_budget.csv
     return _read_csv(path, BUDGET_CSV_COLUMNS)
 
 
+def write_groups_csv(rows: Sequence[dict], path: Union[str, os.PathLike] = "results/groups.csv") -> Path:
+    """Write the rows of :func:`evaluate_groups` with the columns :data:`GROUP_CSV_COLUMNS` (atomically)."""
+    return _write_csv(rows, path, GROUP_CSV_COLUMNS)
+
+
+def read_groups_csv(path: Union[str, os.PathLike] = "results/groups.csv") -> list:
+    """Rows of ``path`` (see :data:`GROUP_CSV_COLUMNS`)."""
+    return _read_csv(path, GROUP_CSV_COLUMNS)
+
+
 # --------------------------------------------------------------------------- CSV
 
 _INT_COLUMNS = ("n_train", "n_images", "patch_net", "patch_lemmse", "steps", "batch_size", "images_seen")
 
 
 def _row_key(row: dict) -> tuple:
-    columns = dict.fromkeys(PATCH_CSV_COLUMNS + BUDGET_CSV_COLUMNS)
+    columns = dict.fromkeys(PATCH_CSV_COLUMNS + BUDGET_CSV_COLUMNS + GROUP_CSV_COLUMNS)
     keys = [k for k in columns if not k.startswith("psnr_") and k in row]
     return tuple(float(row[k]) if k == "sigma" else int(row[k]) if k in _INT_COLUMNS else row[k] for k in keys)
 
@@ -797,7 +915,7 @@ def _write_csv(rows: Sequence[dict], path, columns: tuple) -> Path:
     order = lambda r: tuple(  # noqa: E731
         float(r[k]) if k == "sigma" else int(r[k]) if k in _INT_COLUMNS else r[k]
         for k in ("dataset", "task", "physics", "arch", "split", "n_train", "steps", "n_images", "patch_net",
-                  "patch_lemmse", "sigma") if k in columns)
+                  "patch_lemmse", "group_net", "group_lemmse", "sigma") if k in columns)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
@@ -929,6 +1047,23 @@ def _add_cli(sub):
                     help="folder where LE-MMSE outputs are reused, or 'none' (default: checkpoints/cache)")
     ps.set_defaults(func=_run_patch_size)
 
+    gr = actions.add_parser("groups", help="PSNR(group-averaged net, LE-MMSE of a group orbit) -> CSV")
+    filters(gr)
+    gr.set_defaults(grid="analysis")
+    gr.add_argument("--out", default="results/groups.csv", help="CSV, updated in place (default: results/groups.csv)")
+    gr.add_argument("--net-group", nargs="+", choices=tuple(GROUPS_OF_NETS), default=["translations", "d4"],
+                    help="the networks' groups (default: translations d4)")
+    gr.add_argument("--lemmse-group", nargs="+", choices=tuple(GROUPS_OF_NETS),
+                    default=["translations", "flips", "d4"], help="the LE-MMSEs' groups (default: translations flips d4)")
+    gr.add_argument("--n-images", type=int, default=8, help="images (default: 8)")
+    gr.add_argument("--sigma", type=float, nargs="+", default=[0.1, 0.2, 0.5], help="(default: 0.1 0.2 0.5)")
+    gr.add_argument("--split", choices=EVAL_SPLITS, default="test", help="(default: test)")
+    gr.add_argument("--roots", nargs="+", default=[str(RESULTS_CHECKPOINTS), "checkpoints"],
+                    help="checkpoint folders searched in order (default: results/checkpoints checkpoints)")
+    gr.add_argument("--cache", default="checkpoints/cache",
+                    help="folder where LE-MMSE outputs are reused, or 'none' (default: checkpoints/cache)")
+    gr.set_defaults(func=_run_groups)
+
 
 def _selection(args) -> dict:
     sel = {k: getattr(args, k) for k in ("dataset", "task", "arch", "physics", "grid", "patch_size", "n_train")}
@@ -1018,6 +1153,28 @@ def _run_budget(args) -> int:
     out = _merge_into(args.out, rows, read_budget_csv, write_budget_csv)
     for r in rows:
         print(f"{r['arch']:8s} {r['split']:5s} steps={r['steps']:<6d} σ={r['sigma']:<4g} "
+              f"net-LE {r['psnr_net_lemmse']:6.2f}  net-x {r['psnr_net_truth']:6.2f}  LE-x {r['psnr_lemmse_truth']:6.2f}")
+    print(f"wrote {out} ({len(rows)} rows updated)")
+    return 0
+
+
+def _run_groups(args) -> int:
+    import sys
+
+    try:
+        if args.group != "translations":
+            raise ValueError("use --net-group to choose the networks' groups, not --group")
+        exps = select(**_selection(args), scale=args.scale)
+        rows = evaluate_groups(exps, args.scale, net_groups=args.net_group, lemmse_groups=args.lemmse_group,
+                               sigmas=args.sigma, split=args.split, n_images=args.n_images, roots=args.roots,
+                               data_root=args.data_root, progress=not args.no_progress,
+                               cache=None if args.cache == "none" else args.cache)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out = _merge_into(args.out, rows, read_groups_csv, write_groups_csv)
+    for r in rows:
+        print(f"{r['arch']:8s} net {r['group_net']:12s} LE {r['group_lemmse']:12s} σ={r['sigma']:<4g} "
               f"net-LE {r['psnr_net_lemmse']:6.2f}  net-x {r['psnr_net_truth']:6.2f}  LE-x {r['psnr_lemmse_truth']:6.2f}")
     print(f"wrote {out} ({len(rows)} rows updated)")
     return 0

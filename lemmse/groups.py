@@ -212,7 +212,8 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
     -------
     dict
         ``"elements"`` (names), ``"sigma"`` (list), ``"score"``: Tensor ``[len(sigma), |G|]``
-        (float64), ``"nn_ratio"``: Tensor ``[|G|]``.
+        (float64), ``"score_se"``: its standard error over the patches (the paired differences
+        ``log p_σ(g q_m) - log p_σ(q_m)``; NaN for one patch), ``"nn_ratio"``: Tensor ``[|G|]``.
     """
     from lemmse.engine import DEFAULT_MEMORY_BUDGET, KeyChunk, StreamingAttention, no_tf32
 
@@ -260,7 +261,9 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
     dmin = (-2.0 * NN_SIGMA ** 2 * lse[-1]).clamp_min(0.0)
     S, lse = S[:-1], lse[:-1]
     logp = lse - math.log(K) - 0.5 * D * torch.log(2 * math.pi * S[:, None] ** 2)
-    logp = logp.view(len(sigmas), len(G), n_patches).mean(2)
+    logp = logp.view(len(sigmas), len(G), n_patches)
+    diff = logp - logp[:, :1]  # paired: the same patch, transformed or not
+    se = diff.std(2) / math.sqrt(n_patches) if n_patches > 1 else torch.full_like(diff[..., 0], math.nan)
     nn = dmin.sqrt().view(len(G), n_patches).mean(1)
     return {"elements": [g.name for g in G], "sigma": sigmas,
-            "score": logp - logp[:, :1], "nn_ratio": nn / nn[0]}
+            "score": diff.mean(2), "score_se": se, "nn_ratio": nn / nn[0]}

@@ -268,7 +268,7 @@ def _oracle_symmetry_score(train, test, group, P, sigmas, n_patches, seed):
         hit = [M for M in _MATS[group] if torch.equal(_transform_patch(probe, M, P), g.apply(probe))]
         assert len(hit) == 1
         mats[g.name] = hit[0]
-    score = torch.empty(len(sigmas), len(names), dtype=F64)
+    logps = torch.empty(len(sigmas), len(names), n_patches, dtype=F64)
     nn = torch.empty(len(names), dtype=F64)
     for j, name in enumerate(names):
         gq = _transform_patch(q, mats[name], P).reshape(n_patches, D)
@@ -277,8 +277,10 @@ def _oracle_symmetry_score(train, test, group, P, sigmas, n_patches, seed):
         for a, s in enumerate(sigmas):
             logp = (torch.logsumexp(-d2 / (2 * s * s), 1) - math.log(K)
                     - 0.5 * D * math.log(2 * math.pi * s * s))
-            score[a, j] = logp.mean()
-    return names, score - score[:, :1], nn / nn[0]
+            logps[a, j] = logp
+    d = logps - logps[:, :1]
+    se = torch.sqrt(((d - d.mean(2, keepdim=True)) ** 2).sum(2) / (n_patches - 1) / n_patches)
+    return names, d.mean(2), se, nn / nn[0]
 
 
 @pytest.mark.parametrize("group,C", [("d4", 1), ("flips", 3)])
@@ -288,11 +290,13 @@ def test_symmetry_score_matches_oracle(group, C):
     test = O.smooth_images(4, C, 7, 7, seed=4).float() + 0.4 * torch.linspace(0, 1, 7).view(1, 1, 7, 1)
     sigmas = [0.05, 0.2, 0.7]
     res = symmetry_score(train, test, group, 3, sigmas, n_patches=40, seed=5)
-    names, score, nn = _oracle_symmetry_score(train, test, group, 3, sigmas, 40, 5)
+    names, score, se, nn = _oracle_symmetry_score(train, test, group, 3, sigmas, 40, 5)
     assert res["elements"] == names and res["sigma"] == sigmas
     assert res["score"].dtype == F64 and res["score"].shape == (3, len(names))
     assert torch.allclose(res["score"], score, rtol=1e-4, atol=2e-4)
     assert torch.allclose(res["nn_ratio"], nn, rtol=1e-5, atol=0)
+    assert torch.allclose(res["score_se"], se, rtol=1e-3, atol=2e-4)
+    assert (se[:, 1:] > 0).all()
     assert score[:, 1:].abs().max() > 0.05  # the data are asymmetric: the oracle can tell
 
 
