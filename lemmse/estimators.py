@@ -11,6 +11,10 @@ All boundaries are circular.
 - ``LEMMSE`` (chapter 5): ``x̂[i] = Σ_{n,j} softmax_{n,j}(-‖Π_i y - Π_j A x_n‖²/2σ²) x_n[j]``.
 
 These are the physics-agnostic forms (``B = I``).
+``LEMMSE(..., group="d4")`` (chapter 14) takes as bank the orbit of the training patches under a
+group of grid symmetries (:mod:`lemmse.groups`: ``"d4"``, ``"c4"``, ``"c2"``, ``"flips"``;
+``"translations"`` is the estimator above), optionally with a weight ``group_weight = λ`` on the
+keys of the non-identity elements; it is exactly equivariant to the group and the shifts.
 Physics-aware variants (``preinverse="inverse"``, chapter 6): for a blur, ``B`` is the
 regularised inverse filter and distances are Mahalanobis for the patch noise covariance
 ``σ² S``, ``S = Π B Bᵀ Πᵀ`` (computed by whitening queries and keys with ``L⁻¹``, ``S = L Lᵀ``,
