@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lemmse._validate import check_finite_output
+
 __all__ = [
     "Operator",
     "Denoising",
@@ -191,7 +193,10 @@ class Operator:
             raise ValueError(f"generator is on {generator.device}, but x is on {x.device}")
         y = self.A(x)
         e = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
-        return y + s * e
+        return check_finite_output(
+            y + s * e, "the measurement y", lambda:
+            f"x (|x| up to {float(x.abs().max()):.3g}) or sigma (up to {float(s.max()):.3g}) "
+            f"overflows {x.dtype}; images should be in [0, 1] (or use float64)")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

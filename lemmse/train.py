@@ -38,6 +38,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+from lemmse._validate import check_finite_output, screen_sigma
 from lemmse.data import DATASETS, SPLITS, load_dataset
 from lemmse.nets import ARCHS, SigmaNet, _resolve_width, make_model
 from lemmse.operators import Blur, Denoising, Inpainting, preinverse
@@ -399,18 +400,71 @@ def _weights_sha256(weights: dict) -> str:
     return h.hexdigest()
 
 
+#: What a resumed run reads besides the EMA weights; ``resume_sha256`` hashes them.
+_RESUME_KEYS = ("step", "model", "optimizer", "scheduler", "rng", "history")
+
+
+def _tree_sha256(tree) -> str:
+    """sha256 of nested dicts/lists/tuples of tensors and plain values (dict keys sorted)."""
+    h = hashlib.sha256()
+
+    def feed(o):
+        if isinstance(o, torch.Tensor):
+            v = o.detach().cpu().contiguous()
+            h.update(f"T|{v.dtype}|{tuple(v.shape)}|".encode())
+            h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}|".encode())
+            for k in sorted(o, key=repr):
+                h.update(f"{k!r}:".encode())
+                feed(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}|".encode())
+            for v in o:
+                feed(v)
+        else:
+            h.update(f"{type(o).__name__}|{o!r}|".encode())
+
+    feed(tree)
+    return h.hexdigest()
+
+
 def _check_weights(ckpt: dict, path):
     """The EMA weights of a checkpoint are the ones written: their stored hash (checkpoints
     written since the hash was introduced carry one) and all finite."""
+    ema = ckpt["ema"]
+    if not isinstance(ema, dict) or not all(isinstance(v, torch.Tensor) for v in ema.values()):
+        raise ValueError(f"checkpoint {path} is corrupt: its 'ema' entry is not a dict of tensors; "
+                         f"restore the file (git checkout) or delete it to retrain")
     stored = ckpt.get("ema_sha256")
-    if stored is not None and _weights_sha256(ckpt["ema"]) != stored:
+    if stored is not None and _weights_sha256(ema) != stored:
         raise ValueError(f"checkpoint {path} is corrupt: its weights do not match the sha256 "
                          f"stored in it; restore the file (git checkout) or delete it to retrain")
-    bad = [k for k, v in ckpt["ema"].items() if v.is_floating_point() and
+    bad = [k for k, v in ema.items() if v.is_floating_point() and
            not bool(torch.isfinite(v).all())]
     if bad:
         raise ValueError(f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}"
                          f"{', ...' if len(bad) > 3 else ''}); delete it to retrain")
+
+
+def _check_resume_state(ckpt: dict, path):
+    """What a resumed run reads (weights, optimizer moments, RNG states, history) is what was
+    written: the EMA check, the stored ``resume_sha256`` and finite network weights."""
+    _check_weights(ckpt, path)
+    missing = [k for k in _RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} is incomplete: missing {missing}; delete it to "
+                         f"restart training")
+    stored = ckpt.get("resume_sha256")
+    if stored is not None and _tree_sha256({k: ckpt[k] for k in _RESUME_KEYS}) != stored:
+        raise ValueError(f"checkpoint {path} is corrupt: its training state does not match the "
+                         f"sha256 stored in it; delete it to restart training")
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not all(
+            isinstance(v, torch.Tensor) and (not v.is_floating_point() or bool(torch.isfinite(v).all()))
+            for v in model.values()):
+        raise ValueError(f"checkpoint {path} holds non-finite or malformed network weights; "
+                         f"delete it to restart training")
 
 
 def _check_manifest(path: Path):
@@ -437,6 +491,8 @@ def _check_manifest(path: Path):
 def _atomic_save(obj, path: Path):
     if isinstance(obj, dict) and "ema" in obj:
         obj = {**obj, "ema_sha256": _weights_sha256(obj["ema"])}
+    if isinstance(obj, dict) and all(k in obj for k in _RESUME_KEYS):
+        obj = {**obj, "resume_sha256": _tree_sha256({k: obj[k] for k in _RESUME_KEYS})}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -589,6 +645,7 @@ def train_model(
         _check_same(config, _config_from(ckpt, path), path)
         if "optimizer" not in ckpt:
             raise ValueError(f"checkpoint {path} is an export (EMA weights only) and cannot be resumed")
+        _check_resume_state(ckpt, path)
         if tuple(ckpt.get("data_shape", image_shape)) != image_shape:
             raise ValueError(f"checkpoint {path} was trained on images {ckpt['data_shape']}, data has {image_shape}")
         step = int(ckpt["step"])
@@ -709,6 +766,7 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     model : SigmaNet
         A trained network (from :func:`train_or_load` or :func:`load_checkpoint`).
     y : tensor [B, C, H, W]
+        The measurement, real floating point, finite.
     sigma : float or [B]
     config : TrainConfig, optional
         Default ``model.train_config``.
@@ -717,7 +775,19 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     -------
     tensor [B, C, H, W] on y's device and dtype (computed without gradients on the model's
     device, in float32).
+
+    Raises
+    ------
+    TypeError
+        ``y`` not a real floating-point tensor, ``sigma`` a bool, complex or text value.
+    ValueError
+        ``y`` not [B, C, H, W], empty, non-finite or with the wrong number of channels;
+        ``sigma`` not positive and finite or not one value per image; an estimate that is not
+        finite (σ or y far outside the training range).
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a trained network (from train_or_load or load_checkpoint), "
+                        f"got {type(model).__name__}")
     config = getattr(model, "train_config", None) if config is None else config
     if not isinstance(config, TrainConfig):
         raise ValueError("config is needed (a TrainConfig) when the model has no train_config attribute")
@@ -726,15 +796,28 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     _check_images(y, "y")
     if y.is_complex():
         raise ValueError(f"y must be a real floating-point tensor, got {y.dtype}")
+    if 0 in y.shape[2:]:
+        raise ValueError(f"y is empty: its images have no pixels, got shape {tuple(y.shape)}")
     channels = getattr(model, "channels", None)
     if channels is not None and y.shape[1] != channels:
         raise ValueError(f"y has {y.shape[1]} channels, but the network takes {channels}")
     device = next(model.parameters()).device
-    sigma = _check_sigma(sigma, y.shape[0], torch.float32, device)
+    sigma = _check_sigma(screen_sigma(sigma), y.shape[0], torch.float32, device)
+    if not bool(torch.isfinite(sigma).all()):
+        raise ValueError(f"sigma overflows float32, in which the network computes (largest "
+                         f"{torch.finfo(torch.float32).max:.2g}); it was trained on "
+                         f"[0, {config.sigma_max:g}]")
     pre = preinverse(make_operator(config.task, tuple(y.shape[1:])), PHYSICS[config.physics])
     v = pre(y.to(device=device, dtype=torch.float32))
     with torch.no_grad():
-        return model(v, sigma).to(device=y.device, dtype=y.dtype)
+        x_hat = model(v, sigma)
+    check_finite_output(
+        x_hat, "the network's estimate", lambda:
+        f"sigma (up to {float(sigma.max()):.3g}; trained on [0, {config.sigma_max:g}]) or y (|y| up to "
+        f"{float(y.abs().max()):.3g}; images in [0, 1]) is too far outside what it was trained on")
+    x_hat = x_hat.to(device=y.device, dtype=y.dtype)
+    return check_finite_output(x_hat, f"the estimate in {y.dtype}",
+                               f"it overflows {y.dtype}; pass y in float32")
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -826,6 +909,7 @@ def export_checkpoint(src, dst, half: bool = True) -> Path:
     """
     src, dst = Path(src), Path(dst)
     ckpt = _read_checkpoint(src)
+    _check_weights(ckpt, src)  # never write a fresh hash over corrupt weights
     config = _config_from(ckpt, src)
     if int(ckpt["step"]) != config.steps:
         raise ValueError(f"checkpoint {src} is unfinished (step {ckpt['step']} of {config.steps}); finish training first")
