@@ -176,6 +176,9 @@ def _check_sigma(sigma, batch, dtype, device):
     """σ as a ``[batch]`` tensor of ``dtype`` on ``device``: a float or one value per image,
     positive and finite, and still positive in ``dtype`` (the one σ rule of the package: the
     estimators and :func:`lemmse.train.predict` use it)."""
+    from lemmse._validate import screen_sigma
+
+    sigma = screen_sigma(sigma)  # bool / complex / text values, alone or as elements
     if isinstance(sigma, bool) or (isinstance(sigma, torch.Tensor) and sigma.dtype == torch.bool):
         raise TypeError("sigma must be a float or one value per image, got a bool")
     if isinstance(sigma, torch.Tensor) and (sigma.is_complex() or not (

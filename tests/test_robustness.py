@@ -413,3 +413,14 @@ def test_resume_from_an_intact_partial_checkpoint_still_matches(tmp_path, one_th
     a = torch.load(tmp_path / "full.pt", weights_only=True)
     b = torch.load(tmp_path / "part.pt", weights_only=True)
     assert a["resume_sha256"] == b["resume_sha256"] and a["ema_sha256"] == b["ema_sha256"]
+
+
+@pytest.mark.parametrize("bad", [[True, True], np.array([True, False]), torch.tensor([True, True]),
+                                 [0.1, 1j], np.array([0.1, 0.2], dtype=complex), ["0.1", "0.2"]])
+def test_estimators_screen_sigma_values(bad):
+    """The estimators share predict's sigma screen: no bool / complex / text taken as a number."""
+    from lemmse import LEMMSE
+
+    est = LEMMSE(torch.rand(3, 1, 8, 8), patch_size=3)
+    with pytest.raises(TypeError, match="sigma"):
+        est(torch.rand(2, 1, 8, 8), bad)
