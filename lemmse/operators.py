@@ -69,8 +69,11 @@ def _sigma_per_image(sigma, batch: int, dtype: torch.dtype, device) -> torch.Ten
     Raises ValueError naming ``sigma`` if a value is not positive and finite, or if the
     number of values is not ``batch``.
     """
+    from lemmse._validate import screen_sigma
+
     if isinstance(sigma, bool):
         raise TypeError(f"sigma must be a float or one value per image, got {sigma!r}")
+    sigma = screen_sigma(sigma)  # bool / complex / text values inside sequences and arrays
     if isinstance(sigma, torch.Tensor):
         s = sigma.detach().to(device="cpu", dtype=torch.float64)
     elif isinstance(sigma, (int, float)):

@@ -424,3 +424,13 @@ def test_estimators_screen_sigma_values(bad):
     est = LEMMSE(torch.rand(3, 1, 8, 8), patch_size=3)
     with pytest.raises(TypeError, match="sigma"):
         est(torch.rand(2, 1, 8, 8), bad)
+
+
+@pytest.mark.parametrize("bad", [[True, True], np.array([True, False]), torch.tensor([True, True]),
+                                 [0.1, 1j], ["0.1", "0.2"]])
+def test_measure_screens_sigma_values(bad):
+    """measure takes no bool / complex / text sigma value as a number either."""
+    from lemmse import Denoising
+
+    with pytest.raises(TypeError, match="sigma"):
+        Denoising().measure(torch.rand(2, 1, 8, 8), bad)
