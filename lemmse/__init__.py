@@ -2,7 +2,8 @@
 
 The public names are gathered here; each lives in a small module of its own:
 
-- :mod:`lemmse.operators`: forward operators (``Denoising``, ``Inpainting``, ``Blur``) and
+- :mod:`lemmse.operators`: forward operators (``Denoising``, ``Inpainting``, ``Blur``,
+  ``SuperResolution``) and
   pre-inverses;
 - :mod:`lemmse.data`: loaders for FashionMNIST, CIFAR-10 and FFHQ-32;
 - :mod:`lemmse.estimators`: ``MMSE``, ``EquivariantMMSE``, ``LocalMMSE``, ``LEMMSE``;
@@ -24,14 +25,15 @@ from lemmse.metrics import psnr
 from lemmse.minnorm import (MinNormDenoiser1D, ShallowDenoiser, emmse, emmse_1d,
                              minnorm_denoiser_1d, train_shallow)
 from lemmse.nets import make_model, receptive_field
-from lemmse.operators import Blur, Denoising, Inpainting, Operator, preinverse
+from lemmse.operators import (Blur, Denoising, Inpainting, Operator, SuperResolution,
+                              preinverse)
 from lemmse.train import (TrainConfig, export_checkpoint, load_checkpoint, predict,
                           train_model, train_or_load)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Blur", "Denoising", "Inpainting", "Operator", "preinverse",
+    "Blur", "Denoising", "Inpainting", "Operator", "SuperResolution", "preinverse",
     "data_root", "load_dataset", "load_labels",
     "MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches",
     "PixelWeights", "pixel_weights",

@@ -9,7 +9,9 @@ Three operators are provided, all with a periodic (circular) boundary:
 
 - :class:`Denoising`: A = I;
 - :class:`Inpainting`: A x = m * x for a 0/1 mask m (1 = observed);
-- :class:`Blur`: A x = k * x, a circular convolution computed with the FFT.
+- :class:`Blur`: A x = k * x, a circular convolution computed with the FFT;
+- :class:`SuperResolution`: A x = the ``s × s`` block means of x (an LR image ``s`` times
+  smaller per axis; the noise lives on the LR grid).
 
 :func:`preinverse` builds the fixed pre-inverse B applied before the estimator,
 x_hat = phi(B y): the identity (physics-agnostic) or an approximate inverse of A
@@ -24,6 +26,7 @@ See book chapter 1 (``book/01_inverse_problems.md``) for the setting.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +38,7 @@ __all__ = [
     "Denoising",
     "Inpainting",
     "Blur",
+    "SuperResolution",
     "preinverse",
     "IdentityPreinverse",
     "MaskPreinverse",
@@ -533,6 +537,60 @@ class Blur(Operator):
         return f"Blur(kernel {kh}x{kw}, sum {float(self.kernel.sum()):.4g})"
 
 
+class SuperResolution(Operator):
+    r"""Super-resolution by an integer factor ``s``: :math:`A` averages ``s × s`` blocks.
+
+    A high-resolution (HR) image ``[B, C, H, W]`` maps to the low-resolution (LR) image
+    ``[B, C, H/s, W/s]`` whose pixel ``(j1, j2)`` is the mean of the HR pixels
+    ``[s j1, s j1 + s) × [s j2, s j2 + s)``; :meth:`measure` adds the noise on the LR grid.
+    ``A_adjoint`` spreads each LR value over its block, divided by ``s²``
+    (so that ``<A x, y> = <x, A^T y>``).  ``H`` and ``W`` must be multiples of ``s``.
+    See the book chapter on super-resolution (``book/15_superresolution.md``).
+
+    Parameters
+    ----------
+    factor : int
+        The scale factor ``s >= 1`` (``s = 1`` is denoising).
+    """
+
+    name = "superresolution"
+
+    def __init__(self, factor: int = 2):
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral):
+            raise TypeError(f"factor must be a positive integer, got {factor!r}")
+        factor = int(factor)
+        if factor < 1:
+            raise ValueError(f"factor must be a positive integer, got {factor}")
+        self.factor = factor
+
+    def lr_shape(self, H: int, W: int) -> tuple[int, int]:
+        """The LR grid ``(H / s, W / s)`` of an HR image; a ValueError if not divisible."""
+        s = self.factor
+        if H % s or W % s:
+            raise ValueError(f"x: the image size {H}×{W} is not divisible by the factor {s} "
+                             f"of {self!r}; crop or pad the images to a multiple of {s}")
+        return H // s, W // s
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """Block means: ``[B, C, H, W]`` → ``[B, C, H/s, W/s]``."""
+        _check_image(x)
+        B, C, H, W = x.shape
+        h, w = self.lr_shape(H, W)
+        s = self.factor
+        return x.reshape(B, C, h, s, w, s).mean(dim=(3, 5))
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``[B, C, h, w]`` → ``[B, C, s h, s w]``: each value spread over its block, / s²."""
+        _check_image(y, "y")
+        s = self.factor
+        B, C, h, w = y.shape
+        out = y[:, :, :, None, :, None].expand(B, C, h, s, w, s) / (s * s)
+        return out.reshape(B, C, h * s, w * s).contiguous()
+
+    def __repr__(self) -> str:
+        return f"SuperResolution(factor={self.factor})"
+
+
 # ----------------------------------------------------------------------------------------
 # pre-inverses
 # ----------------------------------------------------------------------------------------
@@ -681,6 +739,9 @@ def preinverse(op: Operator, kind: str = "identity"):
         raise TypeError(f"op must be an Operator (Denoising, Inpainting or Blur), got {type(op).__name__}")
     if kind == "identity" or isinstance(op, Denoising):
         return IdentityPreinverse()
+    if isinstance(op, SuperResolution):
+        raise ValueError("kind='inverse' is not defined for SuperResolution (its estimators and "
+                         "networks work on the LR grid directly); use kind='identity'")
     if isinstance(op, Inpainting):
         return MaskPreinverse(op)
     if isinstance(op, Blur):
