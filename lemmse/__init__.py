@@ -7,6 +7,8 @@ The public names are gathered here; each lives in a small module of its own:
   pre-inverses;
 - :mod:`lemmse.data`: loaders for FashionMNIST, CIFAR-10 and FFHQ-32;
 - :mod:`lemmse.estimators`: ``MMSE``, ``EquivariantMMSE``, ``LocalMMSE``, ``LEMMSE``;
+- :mod:`lemmse.superres`: the super-resolution LE-MMSE (``LEMMSE(train, SuperResolution(s))``)
+  and the exact Jacobian of the LE-MMSE (``jacobian``, ``bank_moments``);
 - :mod:`lemmse.engine`: the streaming attention engine behind them;
 - :mod:`lemmse.groups`: grid symmetry groups (``get_group``) and ``symmetry_score``;
 - :mod:`lemmse.diagnostics`: the exact weights behind chosen output pixels (``pixel_weights``);
@@ -20,6 +22,7 @@ from lemmse.data import data_root, load_dataset, load_labels
 from lemmse.estimators import (LEMMSE, MMSE, EquivariantMMSE, LocalMMSE, Posterior,
                                extract_patches)
 from lemmse.diagnostics import PixelWeights, pixel_weights
+from lemmse.superres import SuperResolutionLEMMSE
 from lemmse.groups import Group, GroupElement, get_group, symmetry_score
 from lemmse.metrics import psnr
 from lemmse.minnorm import (MinNormDenoiser1D, ShallowDenoiser, emmse, emmse_1d,
@@ -36,6 +39,7 @@ __all__ = [
     "Blur", "Denoising", "Inpainting", "Operator", "SuperResolution", "preinverse",
     "data_root", "load_dataset", "load_labels",
     "MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extract_patches",
+    "SuperResolutionLEMMSE",
     "PixelWeights", "pixel_weights",
     "Group", "GroupElement", "get_group", "symmetry_score",
     "psnr",

@@ -53,7 +53,8 @@ import torch.nn.functional as F
 
 from lemmse._native import load_slide_kernel
 from lemmse.engine import DEFAULT_MEMORY_BUDGET, LOG2E, KeyChunk, StreamingAttention, no_tf32
-from lemmse.operators import Denoising, Operator, preinverse as make_preinverse
+from lemmse.operators import Denoising, Operator, SuperResolution
+from lemmse.operators import preinverse as make_preinverse
 
 _CHUNK_BYTES = 64 << 20
 #: Shift groups of the sliding-window kernel (independent online-softmax states, merged at the
@@ -379,7 +380,7 @@ class _PatchAttention(_Estimator):
         return order, ptr
 
     def _run(self, y, s, track=False, topk=8, with_lse=False):
-        Bn, HW, C = y.shape[0], self.H * self.W, self.C
+        Bn, HW, C = y.shape[0], self.H * self.W, self._value_channels()
         order, pos_ptr = self._layout()
         q = self._patches(self._query_images(y))  # [B, HW, D]
         sig = s[:, None].expand(Bn, HW)
@@ -417,28 +418,38 @@ class _PatchAttention(_Estimator):
             return (x_hat, lse) if with_lse else x_hat
         return x_hat, lse, att, unsort
 
+    # --- values: the clean centre pixels, unless a subclass attaches others ------------
+    def _value_channels(self):
+        return self.C
+
+    def _value_images(self, n0, n1, x):
+        """Values of the keys of training images ``n0:n1`` (``x = self.train[n0:n1]``), an
+        image ``[n1 - n0, Cv, H, W]`` on the key grid: the centre pixels themselves."""
+        return x
+
     def _chunk(self, n0, n1, order, pos_ptr, track):
         x = self.train[n0:n1]
         if getattr(self, "_pack", False):
-            return self._packed_chunk(x)
+            return self._packed_chunk(x, self._value_images(n0, n1, x))
         k = self._patches(self._keys_images(x))  # [Nc, HW, D]
-        v = x.flatten(2).transpose(1, 2)  # [Nc, HW, C] centre pixels
+        Cv = self._value_channels()
+        v = self._value_images(n0, n1, x).flatten(2).transpose(1, 2)  # [Nc, HW, Cv]
         Nc, HW = k.shape[0], k.shape[1]
         ids = None
         if order is None:
-            keys, vals = k.reshape(-1, self.D), v.reshape(-1, self.C)
+            keys, vals = k.reshape(-1, self.D), v.reshape(-1, Cv)
             if track:
                 ids = torch.arange(n0 * HW, n1 * HW, device=self.device)
             return KeyChunk(keys, vals, None, ids)
         keys = k[:, order].transpose(0, 1).reshape(-1, self.D)
-        vals = v[:, order].transpose(0, 1).reshape(-1, self.C)
+        vals = v[:, order].transpose(0, 1).reshape(-1, Cv)
         if track:
             n_idx = torch.arange(n0, n1, device=self.device)
             ids = (n_idx[None, :] * HW + order.to(self.device)[:, None]).reshape(-1)
         return KeyChunk(keys.contiguous(), vals.contiguous(), pos_ptr * Nc, ids)
 
-    def _packed_chunk(self, x):
-        Nc, C, D, HW = x.shape[0], self.C, self.D, self.H * self.W
+    def _packed_chunk(self, x, values):
+        Nc, C, D, HW = x.shape[0], values.shape[1], self.D, self.H * self.W
         with _single_thread():
             u = _unfold(self._keys_images(x), self.patch_size)  # [Nc, D, HW]
         if self._whiten is not None:  # float64 GEMM, on all threads (measured: 40 % of a CIFAR call on one)
@@ -446,7 +457,7 @@ class _PatchAttention(_Estimator):
         with _single_thread():
             Kt = u.view(Nc, D, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, D, 16)
             kb = -0.5 * (Kt * Kt).sum(1)
-            Vt = x.reshape(Nc, C, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, C, 16)
+            Vt = values.reshape(Nc, C, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, C, 16)
             packed = (Kt.contiguous(), kb.contiguous(), Vt.contiguous())
         return KeyChunk(None, None, packed=packed)
 
@@ -535,7 +546,7 @@ class _PatchAttention(_Estimator):
             x = self.train[n0:n0 + step]
             with _single_thread():
                 u = self._keys_images(x).to(torch.float32).contiguous()
-            x = x.contiguous()
+            x = self._value_images(n0, n0 + step, x).contiguous()
             rc = fn(v.data_ptr(), qs.data_ptr(), Bn, C, H, W, self.patch_size, u.data_ptr(),
                     x.data_ptr(), x.shape[0], shifts.data_ptr(), T, S, g, m.data_ptr(),
                     acc.data_ptr(), int(self._slide_band_rows), nthreads)
@@ -702,6 +713,15 @@ class LEMMSE(_PatchAttention):
     >>> x_hat = est(y, sigma=0.2)                  # doctest: +SKIP
     >>> est_d4 = LEMMSE(train, patch_size=5, group="d4", group_weight=0.5)  # doctest: +SKIP
     """
+
+    def __new__(cls, *args, **kw):
+        # LEMMSE(train, SuperResolution(s), ...) is the super-resolution LE-MMSE (chapter 15)
+        op = args[1] if len(args) > 1 else kw.get("operator")
+        if cls is LEMMSE and isinstance(op, SuperResolution):
+            from lemmse.superres import SuperResolutionLEMMSE
+
+            return super().__new__(SuperResolutionLEMMSE)
+        return super().__new__(cls)
 
     def __init__(self, train, operator=None, patch_size=5, preinverse="identity", *,
                  group="translations", group_weight=1.0, **kw):
