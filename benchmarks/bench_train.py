@@ -7,6 +7,8 @@ FashionMNIST (1×28×28) and CIFAR-10 / FFHQ-32 (3×32×32).
     python benchmarks/bench_train.py                     # P = 5, default (CPU-sized) widths
     python benchmarks/bench_train.py --width reference   # the ≈ 2–10 M-parameter reference widths
     python benchmarks/bench_train.py --threads 1 --no-tune
+    python benchmarks/bench_train.py --task superresolution --threads 2 --batch-size 32 \
+        --archs unet --width 16                          # x2 SR: HR images as above, LR input
 
 Timings depend on what else runs on the machine: run it on an idle one.
 """
@@ -19,7 +21,8 @@ import time
 import torch
 
 from lemmse.nets import ARCHS, count_parameters, make_model
-from lemmse.train import TrainConfig, resolve_device, train_model, tune_allocator
+from lemmse.train import (TASK_FACTORS, TASKS, TrainConfig, resolve_device, train_model,
+                          tune_allocator)
 
 SHAPES = {"fashion-mnist (1x28x28)": (1, 28, 28), "cifar10/ffhq32 (3x32x32)": (3, 32, 32)}
 
@@ -30,6 +33,7 @@ def bench(arch, shape, args) -> tuple[int, float]:
     config = TrainConfig(
         dataset="synthetic",
         n_train=n,
+        task=args.task,
         arch=arch,
         patch_size=args.patch_size,
         width=args.width,
@@ -38,7 +42,9 @@ def bench(arch, shape, args) -> tuple[int, float]:
         device=args.device,
         checkpoint_every=0,
     )
-    params = count_parameters(make_model(arch, shape[0], args.patch_size, config.width))
+    factor = TASK_FACTORS.get(args.task, 1)
+    model = make_model(arch, shape[0], args.patch_size, config.width, factor=factor)
+    params = count_parameters(model)
     train_model(config, data=data, progress=False, until_step=args.warmup)  # warm-up (allocator, kernels)
     best = 0.0
     for _ in range(args.repeats):
@@ -55,6 +61,8 @@ def bench(arch, shape, args) -> tuple[int, float]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    p.add_argument("--task", default="denoising", choices=tuple(TASKS),
+                   help="the training task (default: denoising); the data shapes are the HR images")
     p.add_argument("--patch-size", type=int, default=5)
     p.add_argument("--width", default=None, help="integer, 'default' or 'reference'")
     p.add_argument("--batch-size", type=int, default=64)
@@ -73,8 +81,8 @@ def main(argv=None):
     device = resolve_device(args.device)
     print(
         f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
-        f"allocator tuned: {tuned}, P = {args.patch_size}, batch {args.batch_size}, "
-        f"width {args.width or 'default'}"
+        f"allocator tuned: {tuned}, task {args.task}, P = {args.patch_size}, "
+        f"batch {args.batch_size}, width {args.width or 'default'}"
     )
     print(f"{'arch':<10} {'data':<26} {'params':>10} {'images/s':>10}")
     for name, shape in SHAPES.items():

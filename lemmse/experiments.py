@@ -19,9 +19,11 @@ the reference setup (reference widths, 24 000 steps of 256 images; for a GPU). F
 - :func:`evaluate_groups`: group-averaged networks against the LE-MMSE of each group orbit
   (``results/groups.csv``, chapter "Beyond translations").
 
-Two grids: :data:`GRID` (the 25 networks of the agreement tables) and :data:`ANALYSIS` (U-Nets on
-n = 100 and 1 000 images, a ResNet on 1 000; U-Nets and PatchMLPs with P = 3, 7, 9), selected with
-``--grid``. ``--steps`` and ``--group`` train and select variants of any of them.
+Three grids: :data:`GRID` (the 25 networks of the agreement tables), :data:`ANALYSIS` (U-Nets on
+n = 100 and 1 000 images, a ResNet on 1 000; U-Nets and PatchMLPs with P = 3, 7, 9) and
+:data:`SR_GRID` (×2 super-resolution networks, FashionMNIST 28→14 and CIFAR-10 32→16, the three
+architectures; book chapter 15), selected with ``--grid`` (``main``, ``analysis``, ``sr``).
+``--steps`` and ``--group`` train and select variants of any of them.
 
 Command line (one command per step; every command also takes ``--dataset``, ``--task``,
 ``--arch``, ``--physics`` filters)::
@@ -32,6 +34,8 @@ Command line (one command per step; every command also takes ``--dataset``, ``--
     python -m lemmse experiment patch-size --scale cpu --grid all --dataset fashion-mnist --task denoising --arch unet patchmlp --n-train 10000
     python -m lemmse experiment budget --dataset fashion-mnist --task denoising --physics agnostic
     python -m lemmse experiment groups --dataset fashion-mnist --task denoising --n-train 1000 --arch unet resnet
+    python -m lemmse experiment train --grid sr --dataset fashion-mnist   # x2 super-resolution
+    python -m lemmse experiment export --grid sr --dataset fashion-mnist
 
 At the reference scale, on a GPU (``device="auto"`` picks CUDA) with the full data sets, one
 command reruns each experiment (here FashionMNIST denoising with the U-Net)::
@@ -81,6 +85,9 @@ __all__ = [
     "SCALES",
     "Experiment",
     "GRID",
+    "SR_GRID",
+    "SR_STEPS",
+    "SR_SIGMA_MAX",
     "select",
     "train_grid",
     "export_grid",
@@ -246,8 +253,12 @@ class Experiment:
     """One trained network of the grid: dataset × task × architecture × physics (P fixed).
 
     ``task`` is a key of ``lemmse.train.TASKS`` ("denoising", "inpainting" = centred 15×15
-    hole, "deblurring" = Gaussian blur of std 1 px); ``physics`` "agnostic" (B = I) or "aware"
-    (B = the pre-inverse).
+    hole, "deblurring" = Gaussian blur of std 1 px, "superresolution" = ×2 block means);
+    ``physics`` "agnostic" (B = I) or "aware" (B = the pre-inverse).
+
+    ``cpu_steps`` (None: the scale's steps) sets the optimiser steps at the "cpu" scale only
+    (other scales keep theirs); ``sigma_max`` (None: the TrainConfig default, 1.0) the largest
+    training σ at every scale. Both are None in :data:`GRID` and :data:`ANALYSIS`.
     """
 
     dataset: str
@@ -256,6 +267,13 @@ class Experiment:
     physics: str = "agnostic"
     patch_size: int = 5
     n_train: Optional[int] = None  # None: the scale's n_train for the dataset
+    cpu_steps: Optional[int] = None
+    sigma_max: Optional[float] = None
+
+    def steps(self, scale="cpu") -> int:
+        """Optimiser steps of this experiment at ``scale`` (before any ``--steps`` override)."""
+        s = _scale(scale)
+        return s.steps if self.cpu_steps is None or s.name != "cpu" else self.cpu_steps
 
     def config(self, scale="cpu", **overrides) -> TrainConfig:
         """The :class:`~lemmse.train.TrainConfig` of this experiment at ``scale``."""
@@ -269,12 +287,19 @@ class Experiment:
             arch=self.arch,
             patch_size=self.patch_size,
             width=s.widths[self.arch],
-            steps=s.steps,
+            steps=self.steps(s),
             batch_size=s.batch_size,
             warmup_steps=s.warmup_steps,
         )
+        if self.sigma_max is not None:
+            values["sigma_max"] = self.sigma_max
         values.update(overrides)
         return TrainConfig(**values)
+
+    def as_dict(self) -> dict:
+        """The fields, without ``cpu_steps`` / ``sigma_max`` when None (the manifest's entry)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if v is not None or k not in ("cpu_steps", "sigma_max")}
 
     def command(self, scale="cpu", steps: Optional[int] = None, group: str = "translations") -> str:
         """The one command that (re)trains this experiment at ``scale`` (device auto).
@@ -285,9 +310,9 @@ class Experiment:
         s = _scale(scale)
         extra = "" if self.patch_size == 5 else f" --patch-size {self.patch_size}"
         extra += "" if self.n_train is None else f" --n-train {self.n_train}"
-        extra += "" if steps is None or steps == s.steps else f" --steps {int(steps)}"
+        extra += "" if steps is None or steps == self.steps(s) else f" --steps {int(steps)}"
         extra += "" if group == "translations" else f" --group {group}"
-        grid = "" if self in GRID else " --grid analysis"
+        grid = "" if self in GRID else " --grid sr" if self in SR_GRID else " --grid analysis"
         return (
             f"python -m lemmse experiment train --scale {s.name}{grid} --dataset {self.dataset} "
             f"--task {self.task} --arch {self.arch} --physics {self.physics}{extra}"
@@ -336,8 +361,30 @@ def _build_analysis() -> tuple:
 #: chapter (9 networks).
 ANALYSIS = _build_analysis()
 
-#: Named grids for the command line (``--grid``).
-GRIDS = {"main": GRID, "analysis": ANALYSIS, "all": GRID + ANALYSIS}
+#: Optimiser steps (of 32 images) of the super-resolution networks at the "cpu" scale. Measured
+#: ×2 SR training throughput here (``benchmarks/bench_train.py --task superresolution
+#: --threads 2 --batch-size 32``, the "cpu" widths): U-Net 660 / 690, ResNet 910 / 1030,
+#: PatchMLP 980 / 800 images/s on FashionMNIST / CIFAR-10; the six networks take about 25
+#: minutes on an idle 2-core CPU (FashionMNIST, the chapter's main figure, gets more steps).
+SR_STEPS = {"fashion-mnist": 8000, "cifar10": 5000}
+
+#: Largest training σ of the super-resolution networks (the chapter evaluates σ <= 0.2).
+SR_SIGMA_MAX = 0.5
+
+
+def _build_sr_grid() -> tuple:
+    return tuple(Experiment(dataset, "superresolution", arch, cpu_steps=steps,
+                            sigma_max=SR_SIGMA_MAX)
+                 for dataset, steps in SR_STEPS.items() for arch in ARCHS)
+
+
+#: The ×2 super-resolution networks (book chapter 15): FashionMNIST (28→14, n = 10 000) and
+#: CIFAR-10 (32→16, n = 4 000, all the training images here) × the three architectures, P = 5,
+#: physics-agnostic, batch 32, σ ~ U[0, 0.5], :data:`SR_STEPS` steps (6 networks).
+SR_GRID = _build_sr_grid()
+
+#: Named grids for the command line (``--grid``); "all" is GRID + ANALYSIS (not SR_GRID).
+GRIDS = {"main": GRID, "analysis": ANALYSIS, "all": GRID + ANALYSIS, "sr": SR_GRID}
 
 
 def _as_set(name, value, allowed=None):
@@ -355,7 +402,8 @@ def select(dataset=None, task=None, arch=None, physics=None, grid: Union[str, Se
            patch_size=None, n_train=None, scale="cpu") -> list:
     """The experiments of ``grid`` matching the filters (each a value, a list of values or None = all).
 
-    ``grid`` is a sequence of experiments or a name of :data:`GRIDS` ("main", "analysis", "all").
+    ``grid`` is a sequence of experiments or a name of :data:`GRIDS` ("main", "analysis", "all",
+    "sr").
     ``n_train`` filters on the number of training images the experiment uses at ``scale``.
     """
     if isinstance(grid, str):
@@ -462,7 +510,7 @@ def export_grid(
         ckpt = torch.load(out, map_location="cpu", weights_only=False)
         loss = ckpt["history"]["loss"]
         manifest["files"][out.name] = {
-            "experiment": dataclasses.asdict(exp),
+            "experiment": exp.as_dict(),
             "scale": s.name,
             "config": config.identity(),
             "command": exp.command(s, config.steps, config.group),
@@ -981,12 +1029,14 @@ def _add_cli(sub):
         for name in ("dataset", "task", "arch", "physics"):
             q.add_argument(f"--{name}", nargs="+", default=None, help=f"only these {name} values (default: all)")
         q.add_argument("--grid", choices=tuple(GRIDS), default="main",
-                       help="main: the agreement grid; analysis: the dataset-size and patch-size networks (default: main)")
+                       help="main: the agreement grid; analysis: the dataset-size and patch-size "
+                            "networks; sr: the x2 super-resolution networks (default: main)")
         q.add_argument("--patch-size", type=int, nargs="+", default=None, help="only these patch sizes (default: all)")
         q.add_argument("--n-train", type=int, nargs="+", default=None,
                        help="only experiments with these numbers of training images (default: all)")
         q.add_argument("--steps", type=int, default=None,
-                       help="optimiser steps (default: the scale's; the training-budget study)")
+                       help="optimiser steps (default: the experiment's at the scale; the "
+                            "training-budget study)")
         q.add_argument("--group", default="translations", choices=tuple(GROUPS_OF_NETS),
                        help="networks averaged over this group of grid symmetries (default: translations)")
         q.add_argument("--data-root", default=None, help="data folder (default: $LEMMSE_DATA or ~/.cache/lemmse/data)")

@@ -27,10 +27,22 @@ by 0. The receptive field of a network is ``1 + 2 m``, with ``m`` the largest nu
 
 All three return ``v + f(v, σ)`` (a pointwise residual, which keeps both properties).
 
+**Super-resolution** (``make_model(..., factor=s)``, ``s > 1``; book chapter 15): the input
+``v`` is the low-resolution (LR) image ``[B, C, h, w]`` and the output the high-resolution (HR)
+one ``[B, C, s h, s w]``. The whole body works on the LR grid exactly as above (same circular
+convolutions, same FiLM σ-conditioning); its last layer outputs ``C s²`` channels, which a
+pixel-shuffle head (``F.pixel_shuffle``) maps onto the s×s HR block of each LR pixel, and the
+pointwise residual adds the nearest-neighbour upsampling ``U v`` (each LR value copied onto its
+block): ``x_hat = U v + S(f(v, σ))``. So the HR block of LR pixel ``i`` is a function of the
+P×P LR window ``Π_i v`` only (the receptive field is P on the LR grid), the same function at
+every ``i``, and a circular shift of ``v`` by 1 LR pixel shifts ``x_hat`` by ``s`` HR pixels.
+``factor=1`` (the default) is the network above, unchanged.
+
 :class:`GroupAveraged` (``make_model(..., group="d4")``) wraps any of them by group averaging,
 ``φ_G(v) = (1/|G|) Σ_g g⁻¹ φ(g v)``, for the grid symmetries of :mod:`lemmse.groups`
 (book chapter 14): exactly equivariant to the group as well, and still local with the same
-P×P window (each ``g`` maps the window of pixel ``i`` onto the window of ``g(i)``).
+P×P window (each ``g`` maps the window of pixel ``i`` onto the window of ``g(i)``). It takes
+only ``factor=1`` networks.
 """
 
 from __future__ import annotations
@@ -210,36 +222,55 @@ class ResBlock(nn.Module):
 class SigmaNet(nn.Module):
     """Base class: ``model(v, sigma) -> x_hat``, v [B, C, H, W], σ a float or one value per image.
 
-    Attributes ``arch``, ``channels``, ``patch_size``, ``width`` and ``hparams`` (the keyword
-    arguments of :func:`make_model` that rebuild it).
+    With ``factor = s > 1`` (super-resolution) v is the LR image [B, C, h, w] and
+    ``x_hat = U v + pixel_shuffle(f(v, σ), s)`` is [B, C, s h, s w] (module docstring); the body
+    ``residual`` then returns ``C s²`` channels on the LR grid.
+
+    Attributes ``arch``, ``channels``, ``patch_size``, ``width``, ``factor`` and ``hparams``
+    (the keyword arguments of :func:`make_model` that rebuild it; ``factor`` only when > 1).
     """
 
     arch: str = ""
 
-    def __init__(self, channels: int, patch_size: int, width: int, emb_dim: int = 64):
+    def __init__(self, channels: int, patch_size: int, width: int, emb_dim: int = 64,
+                 factor: int = 1):
         super().__init__()
         self.channels = channels
         self.patch_size = patch_size
         self.width = width
         self.emb_dim = emb_dim
+        self.factor = factor
         self.embed = SigmaEmbedding(emb_dim)
 
     @property
+    def out_channels(self) -> int:
+        """Channels of the body's output on the input grid: ``C s²``."""
+        return self.channels * self.factor**2
+
+    @property
     def hparams(self) -> dict:
-        return {
+        h = {
             "arch": self.arch,
             "channels": self.channels,
             "patch_size": self.patch_size,
             "width": self.width,
             "emb_dim": self.emb_dim,
         }
+        if self.factor != 1:  # factor-1 checkpoints were written before the field existed
+            h["factor"] = self.factor
+        return h
 
     def forward(self, v: torch.Tensor, sigma) -> torch.Tensor:
         if not isinstance(v, torch.Tensor) or v.ndim != 4 or v.shape[1] != self.channels:
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"v must be a tensor [B, {self.channels}, H, W], got {shape}")
         emb = self.embed(_sigma_vector(sigma, v.shape[0], v))
-        return v + self.residual(v, emb)
+        if self.factor == 1:
+            return v + self.residual(v, emb)
+        s = self.factor
+        B, C, h, w = v.shape
+        up = v[:, :, :, None, :, None].expand(B, C, h, s, w, s).reshape(B, C, h * s, w * s)
+        return up + F.pixel_shuffle(self.residual(v, emb), s)
 
     def residual(self, v: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -253,13 +284,14 @@ class ResNet(SigmaNet):
 
     arch = "resnet"
 
-    def __init__(self, channels: int, patch_size: int, width: int, emb_dim: int = 64):
-        super().__init__(channels, patch_size, width, emb_dim)
+    def __init__(self, channels: int, patch_size: int, width: int, emb_dim: int = 64,
+                 factor: int = 1):
+        super().__init__(channels, patch_size, width, emb_dim, factor)
         self.n_blocks = (patch_size - 3) // 2
         self.lift = _conv(channels, width, 3)
         self.film = FiLM(emb_dim, width)
         self.blocks = nn.ModuleList([ResBlock(width, 3, emb_dim) for _ in range(self.n_blocks)])
-        self.proj = _conv(width, channels, 1)
+        self.proj = _conv(width, self.out_channels, 1)
 
     def residual(self, v, emb):
         h = self.film(self.lift(v), emb)
@@ -279,8 +311,9 @@ class UNet(SigmaNet):
 
     arch = "unet"
 
-    def __init__(self, channels: int, patch_size: int, width: int, emb_dim: int = 64):
-        super().__init__(channels, patch_size, width, emb_dim)
+    def __init__(self, channels: int, patch_size: int, width: int, emb_dim: int = 64,
+                 factor: int = 1):
+        super().__init__(channels, patch_size, width, emb_dim, factor)
         r = (patch_size - 1) // 2
         self.levels = d = (r + 1) // 2
         self.decoder_kernels = [3 if k <= r - d else 1 for k in range(1, d + 1)]
@@ -289,7 +322,7 @@ class UNet(SigmaNet):
         self.mid = ResBlock(width, 1, emb_dim)
         self.merge = nn.ModuleList([_conv(2 * width, width, 1) for _ in range(d)])
         self.dec = nn.ModuleList([ResBlock(width, k, emb_dim) for k in self.decoder_kernels])
-        self.proj = _conv(width, channels, 1)
+        self.proj = _conv(width, self.out_channels, 1)
 
     def residual(self, v, emb):
         skips = [self.lift(v)]  # skips[k] = e_k
@@ -312,13 +345,14 @@ class PatchMLP(SigmaNet):
 
     arch = "patchmlp"
 
-    def __init__(self, channels: int, patch_size: int, width: int, emb_dim: int = 64, depth: int = 3):
-        super().__init__(channels, patch_size, width, emb_dim)
+    def __init__(self, channels: int, patch_size: int, width: int, emb_dim: int = 64,
+                 depth: int = 3, factor: int = 1):
+        super().__init__(channels, patch_size, width, emb_dim, factor)
         self.depth = depth
         self.first = _conv(channels, width, patch_size)
         self.hidden = nn.ModuleList([_conv(width, width, 1) for _ in range(depth - 1)])
         self.films = nn.ModuleList([FiLM(emb_dim, width) for _ in range(depth)])
-        self.proj = _conv(width, channels, 1)
+        self.proj = _conv(width, self.out_channels, 1)
 
     @property
     def hparams(self) -> dict:
@@ -357,6 +391,10 @@ class GroupAveraged(nn.Module):
 
         if not isinstance(base, SigmaNet):
             raise TypeError(f"base must be a SigmaNet, got {type(base).__name__}")
+        if base.factor != 1:
+            raise ValueError(f"group averaging is only implemented for factor=1 networks, got a "
+                             f"super-resolution network with factor={base.factor}; use "
+                             f"group=None (or 'translations') with factor > 1")
         self.group = get_group(group)
         if len(self.group) == 1:
             raise ValueError("group='translations' needs no averaging: use the base network itself")
@@ -366,6 +404,7 @@ class GroupAveraged(nn.Module):
     channels = property(lambda self: self.base.channels)
     patch_size = property(lambda self: self.base.patch_size)
     width = property(lambda self: self.base.width)
+    factor = property(lambda self: self.base.factor)
 
     @property
     def hparams(self) -> dict:
@@ -392,11 +431,14 @@ def make_model(
     emb_dim: int = 64,
     depth: Optional[int] = None,
     group: Optional[str] = None,
+    factor: int = 1,
 ) -> nn.Module:
     """Build a σ-conditioned network with receptive field exactly P×P.
 
     ``x_hat = model(v, sigma) = v + f(v, σ)``, ``x_hat[i]`` a function of the P×P circular
-    window ``Π_i v`` only, the same function at every pixel.
+    window ``Π_i v`` only, the same function at every pixel. With ``factor = s > 1``
+    (super-resolution, book chapter 15): ``x_hat = U v + pixel_shuffle(f(v, σ), s)``, the s×s
+    HR block of LR pixel ``i`` a function of the P×P LR window ``Π_i v`` only.
 
     Parameters
     ----------
@@ -414,14 +456,30 @@ def make_model(
         PatchMLP only: number of hidden layers (default 3).
     group : str, optional
         None or "translations": the network itself; another name of ``lemmse.groups.GROUPS``
-        ("d4", "c4", "c2", "flips"): the network wrapped in :class:`GroupAveraged`.
+        ("d4", "c4", "c2", "flips"): the network wrapped in :class:`GroupAveraged`
+        (``factor=1`` only).
+    factor : int
+        s >= 1, the super-resolution scale: 1 (default) maps [B, C, H, W] to [B, C, H, W];
+        s > 1 maps the LR image [B, C, h, w] to the HR one [B, C, s h, s w] (pixel-shuffle head
+        and nearest-neighbour residual; ``lemmse.operators.SuperResolution(s)``).
 
     Returns
     -------
     SigmaNet or GroupAveraged
-        ``model(v, sigma)``: v [B, C, H, W], σ a float or [B] -> [B, C, H, W].
+        ``model(v, sigma)``: v [B, C, H, W], σ a float or [B] -> [B, C, s H, s W].
+
+    Raises
+    ------
+    TypeError
+        ``factor`` (or another integer argument) not an integer (a bool or 1.5).
+    ValueError
+        ``factor < 1``; ``factor > 1`` with a ``group``; bad ``arch``, ``patch_size``, ...
     """
+    factor = _check_int("factor", factor, 1)
     if group is not None and group != "translations":
+        if factor != 1:
+            raise ValueError(f"group={group!r} needs factor=1 (group averaging of "
+                             f"super-resolution networks is not implemented), got factor={factor}")
         return GroupAveraged(make_model(arch, channels, patch_size, width, emb_dim=emb_dim, depth=depth), group)
     arch = _check_arch(arch)
     channels = _check_int("channels", channels, 1)
@@ -430,10 +488,10 @@ def make_model(
     emb_dim = _check_int("emb_dim", emb_dim, 1)
     if arch == "patchmlp":
         depth = 3 if depth is None else _check_int("depth", depth, 1)
-        return PatchMLP(channels, patch_size, width, emb_dim, depth=depth)
+        return PatchMLP(channels, patch_size, width, emb_dim, depth=depth, factor=factor)
     if depth is not None:
         raise ValueError(f"depth is only used by arch='patchmlp', got depth={depth!r} for arch={arch!r}")
-    return _CLASSES[arch](channels, patch_size, width, emb_dim)
+    return _CLASSES[arch](channels, patch_size, width, emb_dim, factor=factor)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -457,13 +515,16 @@ def receptive_field(
     Computed in float64 on a copy of the model (its current, e.g. random, weights) at a random
     input; the gradient of the sum over channels of the centre output pixel
     ``i = (H // 2, W // 2)`` w.r.t. the input is taken, and its support (nonzero in any channel)
-    is measured.
+    is measured. For a super-resolution network (``model.factor = s > 1``) the input is the LR
+    image and the output taken is the whole s×s HR block of the centre LR pixel ``i``: the
+    receptive field is measured on the LR grid, ``(P, P)`` as well.
 
     Parameters
     ----------
     model : SigmaNet
     image_shape : tuple
-        (C, H, W) or (H, W) (then C = ``model.channels``). Take H, W > P to see the full window.
+        Shape of the network's input, (C, H, W) or (H, W) (then C = ``model.channels``); the LR
+        grid for ``factor > 1``. Take H, W > P to see the full window.
     sigma : float
         Noise level given to the network.
     seed : int
@@ -487,7 +548,9 @@ def receptive_field(
     gen = torch.Generator().manual_seed(seed)
     v = torch.rand((1, C, H, W), generator=gen, dtype=torch.float64).requires_grad_(True)
     out = probe(v, sigma)
-    out[0, :, H // 2, W // 2].sum().backward()
+    s = int(getattr(model, "factor", 1))
+    i, j = s * (H // 2), s * (W // 2)
+    out[0, :, i:i + s, j:j + s].sum().backward()
     mask = (v.grad[0] != 0).any(dim=0)
     rows = torch.nonzero(mask.any(dim=1)).flatten()
     cols = torch.nonzero(mask.any(dim=0)).flatten()

@@ -9,6 +9,11 @@ chapter on networks vs the LE-MMSE; reference setup in section 7 of ``lemmse-mat
 ``B`` is the pre-inverse: the identity ("agnostic") or ``lemmse.operators.preinverse(A,
 "inverse")`` ("aware").
 
+Super-resolution (task "superresolution", book chapter 15): ``A = SuperResolution(2)`` maps the
+HR training image ``x`` to the LR grid, where the noise is added; the network is built with
+``factor=2`` (``lemmse.nets``), takes the LR ``y`` (B = I: only physics "agnostic" exists) and
+returns an HR estimate compared with ``x``.
+
 Optimiser AdamW, gradient clipping, linear warm-up then cosine decay of the learning rate,
 exponential moving average (EMA) of the weights used for evaluation. Every random draw comes
 from two ``torch.Generator`` s (data order on the CPU, noise on the training device) seeded
@@ -41,10 +46,11 @@ import torch.nn.functional as F
 from lemmse._validate import check_finite_output, screen_sigma
 from lemmse.data import DATASETS, SPLITS, load_dataset
 from lemmse.nets import ARCHS, SigmaNet, _resolve_width, make_model
-from lemmse.operators import Blur, Denoising, Inpainting, preinverse
+from lemmse.operators import Blur, Denoising, Inpainting, SuperResolution, preinverse
 
 __all__ = [
     "TASKS",
+    "TASK_FACTORS",
     "PHYSICS",
     "DATASETS",
     "CHECKPOINT_FORMAT",
@@ -68,7 +74,12 @@ TASKS = {
     "inpainting-random": "30 % missing pixels, one mask, seed 1234 (Inpainting.random(shape, 0.3, 1234))",
     "deblurring": "Gaussian blur, std 1 px, circular (Blur.gaussian(shape, 1.0))",
     "deblurring-disk": "defocus disk, radius 2.5 px, circular (Blur.disk(shape, 2.5))",
+    "superresolution": "x2 super-resolution: 2×2 block means, noise on the LR grid "
+                       "(SuperResolution(2)); the network outputs the HR grid",
 }
+
+#: Super-resolution factor of the networks of each task (1 for the tasks not listed).
+TASK_FACTORS = {"superresolution": 2}
 
 #: Physics: the pre-inverse kind given to ``lemmse.operators.preinverse``.
 PHYSICS = {"agnostic": "identity", "aware": "inverse"}
@@ -127,9 +138,11 @@ class TrainConfig:
         Train on the first ``n_train`` images (reference: 10 000).
     task : str
         A key of :data:`TASKS`: "denoising", "inpainting", "inpainting-random", "deblurring",
-        "deblurring-disk".
+        "deblurring-disk", "superresolution" (×2; the network gets ``factor=2``, see
+        :data:`TASK_FACTORS`, and the training images are the HR ones).
     physics : {"agnostic", "aware"}
         Pre-inverse B = I, or B = ``preinverse(A, "inverse")`` (mask / regularised inverse filter).
+        "superresolution" has no pre-inverse: "agnostic" only.
     arch : {"unet", "resnet", "patchmlp"}
     patch_size : int
         P, odd, >= 3: the networks' receptive field.
@@ -196,6 +209,10 @@ class TrainConfig:
         set_("n_train", _as_int("n_train", self.n_train, 1))
         _as_choice("task", self.task, tuple(TASKS))
         _as_choice("physics", self.physics, tuple(PHYSICS))
+        if self.task == "superresolution" and self.physics != "agnostic":
+            raise ValueError(f"physics={self.physics!r} is not defined for task='superresolution' "
+                             f"(SuperResolution has no pre-inverse; the network takes the LR "
+                             f"measurement itself): use physics='agnostic'")
         _as_choice("arch", self.arch, ARCHS)
         set_("patch_size", _as_int("patch_size", self.patch_size, 3))
         if self.patch_size % 2 == 0:
@@ -289,11 +306,17 @@ class TrainResult:
 
 
 def make_operator(task: str, image_shape):
-    """The forward operator A of ``task`` for images of shape (C, H, W) (see :data:`TASKS`)."""
+    """The forward operator A of ``task`` for images of shape (C, H, W) (see :data:`TASKS`).
+
+    For "superresolution" the shape is not used (``SuperResolution(2)`` takes any HR image
+    whose sides are even).
+    """
     _as_choice("task", task, tuple(TASKS))
     shape = tuple(int(s) for s in image_shape)
     if task == "denoising":
         return Denoising()
+    if task == "superresolution":
+        return SuperResolution(TASK_FACTORS[task])
     if task == "inpainting":
         return Inpainting.center_box(shape, 15)
     if task == "inpainting-random":
@@ -549,7 +572,8 @@ def _build_model(config: TrainConfig, channels: int) -> SigmaNet:
     """Initial weights from ``config.seed``, independent of the global RNG and of the device."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return make_model(config.arch, channels, config.patch_size, config.width, group=config.group)
+        return make_model(config.arch, channels, config.patch_size, config.width,
+                          group=config.group, factor=TASK_FACTORS.get(config.task, 1))
 
 
 def _training_data(config: TrainConfig, data, data_root) -> torch.Tensor:
@@ -628,6 +652,10 @@ def train_model(
 
     op = make_operator(config.task, image_shape)  # operators cache their tensors per device
     pre = preinverse(op, PHYSICS[config.physics])
+    factor = TASK_FACTORS.get(config.task, 1)
+    if image_shape[1] % factor or image_shape[2] % factor:
+        raise ValueError(f"data: task {config.task!r} needs HR images whose sides are multiples of "
+                         f"{factor}, got {image_shape[1]}×{image_shape[2]}; crop or pad them")
 
     model = _build_model(config, channels).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -766,7 +794,7 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     model : SigmaNet
         A trained network (from :func:`train_or_load` or :func:`load_checkpoint`).
     y : tensor [B, C, H, W]
-        The measurement, real floating point, finite.
+        The measurement, real floating point, finite (for "superresolution": the LR image).
     sigma : float or [B]
     config : TrainConfig, optional
         Default ``model.train_config``.
@@ -774,7 +802,7 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     Returns
     -------
     tensor [B, C, H, W] on y's device and dtype (computed without gradients on the model's
-    device, in float32).
+    device, in float32); [B, C, s H, s W] for super-resolution (``s`` of :data:`TASK_FACTORS`).
 
     Raises
     ------
@@ -801,6 +829,10 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     channels = getattr(model, "channels", None)
     if channels is not None and y.shape[1] != channels:
         raise ValueError(f"y has {y.shape[1]} channels, but the network takes {channels}")
+    factor, want = getattr(model, "factor", 1), TASK_FACTORS.get(config.task, 1)
+    if factor != want:
+        raise ValueError(f"model has factor={factor}, but task {config.task!r} of the config needs "
+                         f"a network with factor={want}")
     device = next(model.parameters()).device
     sigma = _check_sigma(screen_sigma(sigma), y.shape[0], torch.float32, device)
     if not bool(torch.isfinite(sigma).all()):

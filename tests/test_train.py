@@ -255,7 +255,7 @@ def test_predict_applies_the_preinverse(tmp_path):
         (dict(warmup_steps=-1), ValueError, "warmup_steps"),
         (dict(checkpoint_every=-1), ValueError, "checkpoint_every"),
         (dict(seed=-1), ValueError, "seed"),
-        (dict(task="superresolution"), ValueError, "task must be one of"),
+        (dict(task="colourisation"), ValueError, "task must be one of"),
         (dict(physics="blind"), ValueError, "physics must be one of"),
         (dict(split="val"), ValueError, "split must be one of"),
         (dict(dataset=""), ValueError, "dataset"),
