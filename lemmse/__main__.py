@@ -74,6 +74,9 @@ def _run_train(args) -> int:
         config = TrainConfig(**values)
     except (TypeError, ValueError) as err:
         args.parser.error(str(err))
+    for flag, folder in (("--root", args.root), ("--data-root", args.data_root)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            args.parser.error(f"{flag} must be a folder, got the file {folder}")
     path = checkpoint_path(config, args.root)
     existed = path.exists()
     try:

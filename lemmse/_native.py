@@ -10,6 +10,23 @@ time.  ``LEMMSE_ISA=avx2`` builds the AVX2 variant on an AVX-512 machine (to tes
 When the CPU has neither, no C compiler is found, or ``LEMMSE_NATIVE=0`` is set,
 :func:`load_kernel` and :func:`load_slide_kernel` return ``None`` and the callers use their
 pure-torch paths (same results, slower on the CPU).
+
+Cache and environment variables:
+
+- the libraries live in :func:`cache_dir`: ``$LEMMSE_CACHE/kernels``, else
+  ``$XDG_CACHE_HOME/lemmse/kernels``, else ``~/.cache/lemmse/kernels``; each ``.so`` is named
+  by a hash of its source, the shared header, the flags and the CPU flags, and has its sha256
+  in a ``.so.sha256`` file beside it, checked before loading (a truncated or overwritten
+  library is rebuilt, never loaded); builds are written to a temporary file and renamed;
+- the first use of a kernel on a machine builds it (about 10 s): a one-line note goes to the
+  ``lemmse`` logger, or to stderr when logging is not configured;
+- ``CC`` chooses the C compiler (default ``gcc``, else ``cc``);
+- ``LEMMSE_NATIVE=0`` chooses the pure-torch paths deliberately (no warning);
+- ``LEMMSE_ISA=avx2`` builds the AVX2 variant on an AVX-512 machine.
+
+When a kernel is unavailable for any other reason (no compiler, a cache that cannot be
+written, a library that does not load), one RuntimeWarning per kernel says why and how to fix
+it, and the pure-torch path is used.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -77,6 +95,13 @@ def _verified(so: Path) -> bool:
 @functools.lru_cache(maxsize=None)
 def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _note(message: str) -> None:
+    """One line to the ``lemmse`` logger, or to stderr when logging is not configured."""
+    _log.info(message)
+    if not _log.hasHandlers():
+        print(message, file=sys.stderr, flush=True)
 
 
 def isa() -> str | None:
@@ -142,8 +167,8 @@ def _load(name: str, symbol: str, argtypes: list, restype=ctypes.c_int):
         fn = None
         try:
             if not _verified(so):  # missing, or not the file that was built: (re)build it
-                _log.info("building the native kernel %s for %s in %s (first use)", name, isa_,
-                          so.parent)
+                _note(f"lemmse: building the native kernel {name!r} for {isa_} in {so.parent} "
+                      f"(first use, about 10 s; cached afterwards)")
                 _build(so, src_path, flags)
             fn = getattr(ctypes.CDLL(str(so)), symbol)
             fn.argtypes = argtypes

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from lemmse._native import load_slide_kernel
+from lemmse._validate import bound_topk, check_topk
 from lemmse.engine import DEFAULT_MEMORY_BUDGET, LOG2E, KeyChunk, StreamingAttention, no_tf32
 from lemmse.operators import Denoising, Operator, SuperResolution
 from lemmse.operators import preinverse as make_preinverse
@@ -633,9 +634,10 @@ class _PatchAttention(_Estimator):
 
         Uses the torch back-end and two passes over the training set (slower than a call).
         """
-        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
-            raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        topk = check_topk(topk)
         y, s = self._prepare(y, sigma)
+        topk = bound_topk(topk, int(self._n_keys().max()), y.shape[0] * self.H * self.W,
+                          self.memory_budget)
         with torch.no_grad(), no_tf32():
             _, lse, att, unsort = self._run(y, s, track=True, topk=int(topk))
             x_hat = self._estimate(y, s)  # the estimate exactly as a call computes it
@@ -864,9 +866,9 @@ class MMSE(_Estimator):
 
     def posterior(self, y, sigma, topk=8):
         """Estimate plus weight diagnostics; per-pixel fields are constant over the image."""
-        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
-            raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        topk = check_topk(topk)
         y, s = self._prepare(y, sigma)
+        topk = bound_topk(topk, self.N, y.shape[0], self.memory_budget)
         with torch.no_grad(), no_tf32():
             _, lse, att, D = self._run(y, s, track=True, topk=int(topk))
             x_hat = self._estimate(y, s)
@@ -940,9 +942,9 @@ class EquivariantMMSE(_Estimator):
         ``g = (rows, columns)`` by which it is rolled (down and right).  Two extra passes over
         the training set, in float64.
         """
-        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
-            raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        topk = check_topk(topk)
         y, s = self._prepare(y, sigma)
+        topk = bound_topk(topk, self.N * self.H * self.W, y.shape[0], self.memory_budget)
         f64 = torch.float64
         with torch.no_grad(), no_tf32():
             x_hat = self._estimate(y, s)

@@ -734,7 +734,10 @@ def preinverse(op: Operator, kind: str = "identity"):
     See book chapter 1 (``book/01_inverse_problems.md``).
     """
     if not isinstance(kind, str) or kind not in _PREINVERSE_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, _PREINVERSE_KINDS))}, got {kind!r}")
+        kinds = ", ".join(map(repr, _PREINVERSE_KINDS))
+        raise ValueError(f"preinverse: kind must be one of {kinds}, "
+                         f"got {kind!r} (the pre-inverse B: 'identity' for the physics-agnostic "
+                         f"estimator, 'inverse' for the physics-aware one)")
     if not isinstance(op, Operator):
         raise TypeError(f"op must be an Operator (Denoising, Inpainting or Blur), got {type(op).__name__}")
     if kind == "identity" or isinstance(op, Denoising):
