@@ -12,7 +12,9 @@ The public names are gathered here; each lives in a small module of its own:
 - :mod:`lemmse.engine`: the streaming attention engine behind them;
 - :mod:`lemmse.groups`: grid symmetry groups (``get_group``) and ``symmetry_score``;
 - :mod:`lemmse.diagnostics`: the exact weights behind chosen output pixels (``pixel_weights``);
-- :mod:`lemmse.metrics`: ``psnr``;
+- :mod:`lemmse.metrics`: ``psnr``, ``fsds``;
+- :mod:`lemmse.hyra`: the frequency view of a restorer (impulse responses, the linear /
+  non-linear split N = H + G, spectra; ``import lemmse.hyra``);
 - :mod:`lemmse.minnorm`: minimum-norm shallow denoisers and the empirical MMSE of a point set;
 - :mod:`lemmse.nets`: U-Net, ResNet and PatchMLP with an exact ``P × P`` receptive field;
 - :mod:`lemmse.train`: resumable training, checkpoints, ``train_or_load``.
@@ -24,7 +26,7 @@ from lemmse.estimators import (LEMMSE, MMSE, EquivariantMMSE, LocalMMSE, Posteri
 from lemmse.diagnostics import PixelWeights, pixel_weights
 from lemmse.superres import SuperResolutionLEMMSE
 from lemmse.groups import Group, GroupElement, get_group, symmetry_score
-from lemmse.metrics import psnr
+from lemmse.metrics import fsds, psnr
 from lemmse.minnorm import (MinNormDenoiser1D, ShallowDenoiser, emmse, emmse_1d,
                              minnorm_denoiser_1d, train_shallow)
 from lemmse.nets import make_model, receptive_field
@@ -42,7 +44,7 @@ __all__ = [
     "SuperResolutionLEMMSE",
     "PixelWeights", "pixel_weights",
     "Group", "GroupElement", "get_group", "symmetry_score",
-    "psnr",
+    "psnr", "fsds",
     "MinNormDenoiser1D", "minnorm_denoiser_1d", "emmse", "emmse_1d", "ShallowDenoiser",
     "train_shallow",
     "make_model", "receptive_field",
