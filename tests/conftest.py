@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,3 +56,13 @@ def native_isa(request, monkeypatch):
     if request.param is not None:
         monkeypatch.setenv("LEMMSE_ISA", request.param)
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is faster, and the CPU is shared with other test runs
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

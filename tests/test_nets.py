@@ -23,13 +23,7 @@ from lemmse.nets import (
 PATCH_SIZES = (3, 5, 7, 9, 11)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and the CPU is shared with other test runs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(arch, P, channels=1, seed=0, **kw):

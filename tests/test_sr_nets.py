@@ -26,13 +26,7 @@ from lemmse.train import (TASK_FACTORS, TrainConfig, checkpoint_path, export_che
 S = 2  # the factor of the task "superresolution"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and the CPU is shared with other test runs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(arch, P=5, channels=1, factor=S, seed=0, **kw):
