@@ -89,6 +89,10 @@ def test_csv_format():
     for r in rows:
         assert r["split"] in ("train", "test") and r["n_images"] >= 1 and r["n_train"] >= 1
         for k in ("psnr_net_lemmse", "psnr_net_truth", "psnr_lemmse_truth"):
+            if k == "psnr_lemmse_truth" and r["split"] == "train" and r[k] == float("inf"):
+                # the LE-MMSE of a training image at low noise can return it exactly
+                # (every patch's posterior collapses onto itself): MSE 0
+                continue
             assert -60 < r[k] < 100, (k, r)  # negative: the failed physics-aware deconvolution nets
 
 
