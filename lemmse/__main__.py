@@ -55,6 +55,10 @@ def _add_train(sub):
         elif field.name == "width":
             kwargs["type"] = _width
             kwargs["help"] = "integer, 'default' or 'reference' (default: the arch's CPU-sized width)"
+        elif hints[field.name] is bool:  # --compile: a switch
+            kwargs.update(action="store_const", const=True,
+                          help="run the training forward through torch.compile (faster after "
+                               "about 30 s of compilation; default: off)")
         elif hints[field.name] in (int, float):
             kwargs["type"] = hints[field.name]
         p.add_argument(flag, **kwargs)

@@ -247,3 +247,19 @@ def test_held_out_test_images_without_a_test_split(tmp_path):
         eval_images("ffhq32", "train", n_images=4, n_train=3, data_root=tmp_path)
     with pytest.raises(ValueError, match="test"):  # nothing held out
         eval_images("ffhq32", "test", n_images=2, n_train=5, data_root=tmp_path)
+
+
+def test_cpu_long_scale_is_the_cpu_grid_trained_16_times_longer():
+    """Same networks, data and batches as "cpu", 12 800 steps: the FashionMNIST denoising
+    networks of the training-budget study (committed) are its networks."""
+    from lemmse.experiments import BUDGET_STEPS
+
+    assert SCALES["cpu-long"].steps == 16 * SCALES["cpu"].steps == max(BUDGET_STEPS)
+    for exp in GRID + ANALYSIS:
+        long, short = exp.config("cpu-long"), exp.config("cpu")
+        assert long.steps == 12_800
+        assert long.identity() == {**short.identity(), "steps": 12_800}, exp
+    for arch in ("unet", "resnet", "patchmlp"):
+        config = Experiment("fashion-mnist", "denoising", arch).config("cpu-long")
+        assert (CKPT_DIR / config.filename()).exists(), config.filename()
+    assert "--scale cpu-long" in GRID[0].command("cpu-long")

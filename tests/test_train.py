@@ -477,3 +477,38 @@ def test_cli_help_in_a_subprocess():
     assert done.returncode == 0
     for flag in ("--patch-size", "--sigma-max", "--ema-decay", "--checkpoint-every", "--root", "--device"):
         assert flag in done.stdout
+
+
+def test_compile_is_a_run_only_field():
+    """``compile`` changes how a step runs, not what is trained: same key, same file name."""
+    assert tiny_config(compile=True).key() == tiny_config().key()
+    assert "compile" not in tiny_config(compile=True).identity()
+    assert TrainConfig.from_dict(tiny_config(compile=True).to_dict()).compile is True
+    with pytest.raises(TypeError, match="compile must be True or False, got 'yes'"):
+        tiny_config(compile="yes")
+
+
+def test_compiled_training_matches_eager():
+    """torch.compile (inductor on the CPU) trains the same network up to float rounding."""
+    data = smooth_images(16)
+    eager = train_model(tiny_config(n_train=16, steps=4), data=data, progress=False)
+    compiled = train_model(tiny_config(n_train=16, steps=4, compile=True), data=data, progress=False)
+    assert torch.allclose(compiled.history["loss"], eager.history["loss"], rtol=1e-4, atol=1e-6)
+    for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    """A failing compilation warns once and the same step runs eagerly: the eager result, bitwise."""
+    def broken(model):
+        def fn(*args):
+            raise RuntimeError("no C++ compiler")
+        return fn
+
+    monkeypatch.setattr(torch, "compile", broken)
+    data = smooth_images(16)
+    eager = train_model(tiny_config(n_train=16, steps=3), data=data, progress=False)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .RuntimeError: no C.. compiler.; training eagerly"):
+        fallback = train_model(tiny_config(n_train=16, steps=3, compile=True), data=data, progress=False)
+    assert torch.equal(fallback.history["loss"], eager.history["loss"])
+    assert_same_tree(fallback.model.state_dict(), eager.model.state_dict())
