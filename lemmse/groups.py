@@ -13,7 +13,7 @@ element maps the pixel grid onto itself, so no interpolation is involved, and it
   both reflections, and their product, the rotation by 180°: 4 elements);
 - ``"translations"``: the identity only (the shifts are built into every patch estimator).
 
-:class:`lemmse.LEMMSE` with ``group=...`` uses the orbit of the training set under the group
+:class:`lemmse.estimators.LEMMSE` with ``group=...`` uses the orbit of the training set under the group
 (chapter 14); :func:`symmetry_score` measures how far a data set is from invariant under each
 element.
 """

@@ -295,10 +295,13 @@ class ShallowDenoiser(nn.Module):
     init_scale : float
         ``w_k ~ N(0, init_scale² / d)``, ``a_k ~ N(0, init_scale² / width)``; ``b, V, c = 0``.
     dtype : torch.dtype
+        Of the parameters (default float64).
 
+    Notes
+    -----
     Input ``y`` is ``[B, d]`` (or ``[B]`` when ``d = 1``); the output has the same shape.
-    :meth:`cost` is the representation cost ``½ Σ_k (‖a_k‖² + ‖w_k‖²)``; biases, ``V`` and ``c``
-    are not penalised (chapter 13).
+    :meth:`cost` is the representation cost ``½ Σ_k (‖a_k‖² + ‖w_k‖²)``; the biases, ``V``
+    and ``c`` are not penalised (chapter 13).
     """
 
     def __init__(self, d: int, width: int, seed: int = 0, init_scale: float = 1.0,

@@ -379,8 +379,8 @@ class GroupAveraged(nn.Module):
     """``φ_G(v, σ) = (1/|G|) Σ_g g⁻¹ φ(g v, σ)``: a network made exactly G-equivariant.
 
     ``base`` is a :class:`SigmaNet`; ``group`` a name of ``lemmse.groups.GROUPS`` other than
-    "translations" (or a ``Group``). The |G| transformed copies of a batch go through ``base``
-    as one batch of ``|G| B`` images, so a step costs about |G| times the base network's.
+    "translations" (or a ``Group``). The ``|G|`` transformed copies of a batch go through ``base``
+    as one batch of ``|G| B`` images, so a step costs about ``|G|`` times the base network's.
     The attributes of :class:`SigmaNet` (``arch``, ``channels``, ``patch_size``, ``width``,
     ``hparams``) are the base network's, with ``group`` added.
     """

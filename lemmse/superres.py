@@ -99,7 +99,7 @@ class SuperResolutionLEMMSE(LEMMSE):
     preinverse : {"identity"}
         The only choice: the estimator works on the LR grid itself.
     dtype, memory_budget, backend, algorithm
-        As for :class:`lemmse.LEMMSE`; ``algorithm="sliding"`` / ``"attention"`` force the
+        As for :class:`lemmse.estimators.LEMMSE`; ``algorithm="sliding"`` / ``"attention"`` force the
         sliding-window runs (one per position in the block) or the attention runs.
 
     Notes
@@ -209,7 +209,7 @@ class SuperResolutionLEMMSE(LEMMSE):
 
     def log_density(self, y, sigma):
         """Log-density of every LR query patch under the smoothed LR training patches,
-        ``[B, h, w]`` (see :meth:`lemmse.LEMMSE.log_density`)."""
+        ``[B, h, w]`` (see :meth:`lemmse.estimators.LEMMSE.log_density`)."""
         y, s = self._prepare(y, sigma)
         return self._banks[0].log_density(y, s)
 

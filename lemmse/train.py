@@ -150,7 +150,7 @@ class TrainConfig:
         Resolved to an integer on creation (``lemmse.nets.make_model``).
     group : str
         "translations" (default): the plain network; "d4", "c4", "c2" or "flips": the network
-        averaged over that group of grid symmetries (``lemmse.nets.GroupAveraged``; |G| times the
+        averaged over that group of grid symmetries (``lemmse.nets.GroupAveraged``; ``|G|`` times the
         cost of a step). Left out of :meth:`identity` when "translations", so the networks
         trained before the field existed keep their names.
     steps, batch_size : int
