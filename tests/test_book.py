@@ -11,11 +11,21 @@
    when a page that embeds widget state shows no rendered widget, or when raw reStructuredText
    (an autodoc directive that was not parsed) shows as text.
 
-The detectors of 2. are also tested on small hand-written pages, so that they can be seen to fail.
+3. The layout check (same condition): every built page opened at 1280 px and at 390 px wide with
+   a measuring script injected (``tests/layout_probe.js``); it fails on display math wider than
+   its space beside the equation number at 1280 px, display math that overflows without
+   scrolling at any width, a figure in a cell output without a caption, a file that fails to
+   load, and, against the counts recorded in ``KNOWN_LAYOUT`` (defects not fixed yet, which may
+   only shrink), code cells and outputs wider than the column at 1280 px, console errors and
+   fonts that fail to load.
+
+The detectors of 2. and 3. are also tested on small hand-written pages, so that they can be seen
+to fail.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -320,3 +330,173 @@ def test_website_renders(built_site: Path):
     # The check has something to check: the chapter pages carry typeset math.
     chapter = next(dom for p, dom in doms.items() if p.name.startswith("01_"))
     assert "<mjx-container" in chapter, "chapter 1 shows no typeset math"
+
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. layout check
+# ---------------------------------------------------------------------------------------------
+
+PROBE = Path(__file__).with_name("layout_probe.js")
+WIDTHS = (1280, 390)  # a laptop and a phone
+
+# Defects measured on 2026-12-03 that are not fixed yet (issue 15 items 4 and 9): per page, the
+# code cells and outputs wider than the column at 1280 px. A page may only get better; lower a
+# count when a chapter is fixed (the test says when it can be lowered).
+KNOWN_LAYOUT = {
+    "01_inverse_problems": (6, 1), "02_mmse": (11, 2), "03_equivariance": (10, 3),
+    "04_locality": (14, 4), "05_lemmse": (19, 3), "06_physics": (13, 2), "07_scale": (10, 3),
+    "08_training": (7, 4), "09_agreement": (12, 6), "10_physics_networks": (7, 3),
+    "11_analysis": (10, 4), "12_explorer": (2, 0), "13_minnorm": (0, 4), "14_symmetry": (0, 2),
+}
+# Console errors of the theme and of sphinx-thebe (declared twice on every page), and the icon
+# font of the widget manager's CSS, which is not vendored (issue 15 item 9).
+KNOWN_CONSOLE = (
+    re.compile(r"Identifier 'THEBE_JS_URL' has already been declared"),
+    re.compile(r"Got invalid theme mode"),
+)
+KNOWN_FONTS = {"Font Awesome 5 Free"}
+
+
+def _probe_page(page: Path, width: int) -> Path:
+    """A copy of ``page`` beside it (same relative links) with the two parts of the probe."""
+    head, body = PROBE.read_text().split("//@@HEAD", 1)[1].split("//@@BODY", 1)
+    html = page.read_text(encoding="utf-8")
+    html, found = re.subn(r"<head[^>]*>", lambda m: m.group(0) + "<script>" + head + "</script>", html, count=1)
+    if not found or "</body>" not in html:
+        raise ValueError(f"{page} has no <head> or </body>: not a built page")
+    html = html.replace("</body>", "<script>" + body + "</script></body>", 1)
+    copy = page.with_name(f"{page.stem}.layout{width}.html")
+    copy.write_text(html, encoding="utf-8")
+    return copy
+
+
+def measure_layout(chromium: str, page: Path, width: int) -> dict:
+    """The probe's measurements of ``page`` rendered ``width`` px wide (see layout_probe.js)."""
+    copy = _probe_page(page, width)
+    try:
+        with tempfile.TemporaryDirectory() as profile:
+            cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                   "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                   f"--window-size={width},900", f"--user-data-dir={profile}",
+                   "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        copy.unlink()
+    found = re.search(r'<script type="application/json" id="lemmse-layout">(.*?)</script>', proc.stdout, re.S)
+    if not found:
+        raise RuntimeError(f"the layout probe wrote nothing on {page.name} at {width} px "
+                           f"(rc {proc.returncode}): {proc.stderr[-1500:]}")
+    return json.loads(found.group(1))
+
+
+def layout_problems(layout: dict, page: str, known: tuple = (0, 0)) -> list[str]:
+    """What is wrong with the layout of ``page`` (a name such as "05_lemmse") as measured.
+
+    ``known`` = (wide code cells, wide outputs) tolerated at 1280 px (``KNOWN_LAYOUT``).
+    """
+    width, problems = layout["width"], []
+    for m in layout["math"]:
+        if width >= 1000:
+            problems.append(f"display math {m['label']} is {m['need']} px wide, {m['avail']} px fit "
+                            f"beside its number at {width} px: break it over lines")
+        elif not m["scrollable"]:
+            problems.append(f"display math {m['label']} is clipped at {width} px ({m['need']} > "
+                            f"{m['avail']} px) and does not scroll")
+    for img in layout["uncaptioned"]:
+        problems.append(f"figure without a caption ({img['src']}, {img['width']} px): "
+                        f"add mystnb: figure: caption")
+    for url in layout["missing"]:
+        problems.append(f"a file failed to load: {url}")
+    if width >= 1000:
+        for kind, items, allowed in (("code cells", layout["code"], known[0]), ("outputs", layout["outputs"], known[1])):
+            if len(items) > allowed:
+                first = items[0]
+                problems.append(f"{len(items)} {kind} wider than the column at {width} px (known: {allowed}), "
+                                f"e.g. {first['need']} > {first['avail']} px: {first['start']!r}")
+    for message in layout["errors"]:
+        if not any(p.search(message) for p in KNOWN_CONSOLE):
+            problems.append(f"console error: {message[:300]}")
+    for font in set(layout.get("fonts", [])) - KNOWN_FONTS:
+        problems.append(f"font failed to load: {font}")
+    return problems
+
+
+def _layout(width=1280, **kw):
+    base = {"width": width, "math": [], "code": [], "outputs": [], "uncaptioned": [],
+            "errors": [], "missing": [], "fonts": []}
+    base.update(kw)
+    return base
+
+
+def test_layout_problems_detects_each_defect():
+    wide_math = {"label": "(5.5)", "need": 623, "avail": 580, "scrollable": True}
+    assert layout_problems(_layout(), "p") == []
+    assert "(5.5) is 623 px wide, 580 px fit" in layout_problems(_layout(math=[wide_math]), "p")[0]
+    assert layout_problems(_layout(390, math=[wide_math]), "p") == []  # scrolls on a phone: fine
+    clipped = layout_problems(_layout(390, math=[{**wide_math, "scrollable": False}]), "p")
+    assert "clipped at 390 px" in clipped[0]
+    code = [{"index": 0, "need": 900, "avail": 700, "start": "x = 1"}] * 3
+    assert "3 code cells wider" in layout_problems(_layout(code=code), "p", known=(2, 0))[0]
+    assert layout_problems(_layout(code=code), "p", known=(3, 0)) == []
+    assert layout_problems(_layout(390, code=code), "p") == []  # code is checked at 1280 px only
+    assert "outputs wider" in layout_problems(_layout(outputs=code), "p")[0]
+    assert "without a caption" in layout_problems(_layout(uncaptioned=[{"src": "a.png", "width": 500}]), "p")[0]
+    assert "failed to load: file:///x.png" in layout_problems(_layout(missing=["file:///x.png"]), "p")[0]
+    assert "console error: Uncaught ReferenceError" in layout_problems(
+        _layout(errors=["Uncaught ReferenceError: Queue is not defined"]), "p")[0]
+    assert layout_problems(_layout(errors=["Got invalid theme mode: . Resetting to auto."]), "p") == []
+    assert "font failed to load: Icons" in layout_problems(_layout(fonts=["Icons"]), "p")[0]
+
+
+def test_layout_probe_measures_a_hand_written_page(tmp_path):
+    """The probe in a real browser, on a page with one defect of each kind and their fixed twins."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("layout probe skipped: Chromium not installed (Debian: apt-get install chromium)")
+    page = tmp_path / "page.html"
+    page.write_text("""<!DOCTYPE html><html><head><style>
+      body { width: 600px; margin: 0; } pre { overflow-x: auto; margin: 0; }
+      mjx-container { display: block; } mjx-math { display: inline-block; height: 10px; }
+      .eqno { float: right; width: 50px; }</style></head><body>
+      <div class="math" id="wide"><span class="eqno">(1.1)</span>
+        <mjx-container><mjx-math style="width: 580px"></mjx-math></mjx-container></div>
+      <div class="math" id="fits"><span class="eqno">(1.2)</span>
+        <mjx-container><mjx-math style="width: 500px"></mjx-math></mjx-container></div>
+      <div class="cell_input"><pre>""" + "x" * 300 + """</pre></div>
+      <div class="cell_input"><pre>y = 1</pre></div>
+      <div class="cell_output"><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7" width="40"></div>
+      <div class="cell_output"><figure><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7">
+        <figcaption>A caption.</figcaption></figure></div>
+      <img src="missing.png"><script>undefinedFunction();</script>
+      </body></html>""", encoding="utf-8")
+    layout = measure_layout(chromium, page, 1280)
+    assert [m["label"] for m in layout["math"]] == ["(1.1)"], layout
+    assert len(layout["code"]) == 1 and layout["code"][0]["start"].startswith("xxx"), layout
+    assert len(layout["uncaptioned"]) == 1, layout
+    assert any(url.endswith("missing.png") for url in layout["missing"]), layout
+    assert any("undefinedFunction" in e for e in layout["errors"]), layout
+    problems = layout_problems(layout, "page")
+    assert len(problems) == 5, "\n".join(problems)
+
+
+def test_website_layout(built_site: Path):
+    pages = sorted((built_site / "book").glob("[0-9][0-9]_*.html")) + [built_site / "book" / "intro.html"]
+    pages = [p for p in pages if p.exists()]
+    chromium = _chromium()
+    jobs = [(p, w) for p in pages for w in WIDTHS]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        layouts = list(pool.map(lambda job: measure_layout(chromium, *job), jobs))
+    report, better = {}, []
+    for (page, width), layout in zip(jobs, layouts):
+        known = KNOWN_LAYOUT.get(page.stem, (0, 0))
+        problems = layout_problems(layout, page.stem, known)
+        if problems:
+            report[f"{page.name} at {width} px"] = problems
+        if width == 1280 and (len(layout["code"]), len(layout["outputs"])) < known:
+            better.append(f"{page.stem}: {(len(layout['code']), len(layout['outputs']))} < {known}")
+    assert not report, "layout defects:\n" + "\n".join(f"{k}: " + "; ".join(v) for k, v in report.items())
+    # the check measures something: the chapters carry display math and figures
+    assert sum(len(l["code"]) for l in layouts) > 0 or not KNOWN_LAYOUT
+    if better:
+        print("KNOWN_LAYOUT can be lowered: " + ", ".join(better))
