@@ -83,6 +83,18 @@ def _run_train(args) -> int:
             args.parser.error(f"{flag} must be a folder, got the file {folder}")
     path = checkpoint_path(config, args.root)
     existed = path.exists()
+    partial = path.with_name(path.name[: -len(".pt")] + ".partial.pt")
+    if not existed and partial.exists():
+        import torch
+
+        try:
+            done = int(torch.load(partial, map_location="cpu", weights_only=False)["step"])
+            print(f"resuming from step {done} of {config.steps} ({partial})")
+        except Exception:  # train_or_load reports a broken partial checkpoint itself
+            pass
+    if config.warmup_steps >= config.steps:
+        print(f"warning: warmup_steps={config.warmup_steps} >= steps={config.steps}: the learning rate "
+              f"never leaves its linear warm-up", file=sys.stderr)
     try:
         train_or_load(config, args.root, data_root=args.data_root, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
@@ -92,7 +104,8 @@ def _run_train(args) -> int:
     loss = history["loss"]
     tail = loss[-min(len(loss), 50) :].mean().item() if len(loss) else float("nan")
     print(f"{'loaded existing' if existed else 'trained'} {config.arch} P={config.patch_size} "
-          f"({config.task}, {config.physics}, {config.steps} steps); final loss {tail:.4g}")
+          f"({config.task}, {config.physics}, {config.steps} steps); final loss {tail:.4g} "
+          f"(mean of the last {min(len(loss), 50)} steps)")
     print(f"checkpoint: {path}")
     return 0
 

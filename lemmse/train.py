@@ -62,6 +62,7 @@ __all__ = [
     "train_model",
     "train_or_load",
     "checkpoint_path",
+    "data_fingerprint",
     "load_checkpoint",
     "export_checkpoint",
     "tune_allocator",
@@ -606,7 +607,36 @@ def _training_data(config: TrainConfig, data, data_root) -> torch.Tensor:
         raise ValueError(f"data must be a float tensor [N, C, H, W], got {shape}")
     if data.shape[0] < config.n_train:
         raise ValueError(f"n_train={config.n_train} is larger than {source}, which holds {data.shape[0]} images")
-    return data[: config.n_train].to(torch.float32)
+    if config.patch_size > min(data.shape[-2:]):
+        raise ValueError(f"patch_size={config.patch_size} is larger than the {source} images "
+                         f"({data.shape[-2]}×{data.shape[-1]}): the receptive field must fit in an image")
+    data = data[: config.n_train].to(torch.float32)
+    finite = torch.isfinite(data).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten()
+        raise ValueError(f"{source} holds non-finite values (NaN or Inf) in {bad.numel()} of its first "
+                         f"{config.n_train} images (the first: image {int(bad[0])}); training on them "
+                         f"would only produce a NaN loss: clean or drop those images")
+    return data
+
+
+def data_fingerprint(data: torch.Tensor) -> str:
+    """sha256 of the training images as trained on (float32, C-contiguous, on the CPU) and their
+    shape: what a checkpoint records of its data (``"data_sha256"``), so that a checkpoint is
+    never returned for other images under the same config."""
+    x = data.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(json.dumps(list(x.shape)).encode())
+    h.update(x.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_data(ckpt: dict, fingerprint: str, path) -> None:
+    saved = ckpt.get("data_sha256")
+    if saved is not None and saved != fingerprint:
+        raise ValueError(f"checkpoint {path} was trained on other images than the data given "
+                         f"(data fingerprint {saved[:12]}, data has {fingerprint[:12]}): pass the "
+                         f"images it was trained on, or another root= (or config: seed, n_train) "
+                         f"to train on these")
 
 
 # --------------------------------------------------------------------------- training
@@ -676,7 +706,9 @@ def train_model(
     device = resolve_device(config.device)
     path = None if checkpoint is None else Path(checkpoint)
 
-    x_all = _training_data(config, data, data_root).to(device)
+    x_all = _training_data(config, data, data_root)
+    fingerprint = data_fingerprint(x_all)
+    x_all = x_all.to(device)
     n, channels = x_all.shape[0], x_all.shape[1]
     image_shape = tuple(x_all.shape[1:])
 
@@ -704,6 +736,7 @@ def train_model(
         if "optimizer" not in ckpt:
             raise ValueError(f"checkpoint {path} is an export (EMA weights only) and cannot be resumed")
         _check_resume_state(ckpt, path)
+        _check_data(ckpt, fingerprint, path)
         if tuple(ckpt.get("data_shape", image_shape)) != image_shape:
             raise ValueError(f"checkpoint {path} was trained on images {ckpt['data_shape']}, data has {image_shape}")
         step = int(ckpt["step"])
@@ -735,6 +768,7 @@ def train_model(
                 "config": config.to_dict(),
                 "model_hparams": model.hparams,
                 "data_shape": list(image_shape),
+                "data_sha256": fingerprint,
                 "step": step,
                 "complete": step == config.steps,
                 "model": model.state_dict(),
@@ -944,13 +978,22 @@ def train_or_load(
     ``config.device``; the model is returned on ``device`` (default the CPU, where the book
     compares it with the LE-MMSE), in eval mode.
 
-    Raises ValueError (naming the file) if the checkpoint is corrupt or was trained with another
-    config.
+    Raises ValueError (naming the file) if the checkpoint is corrupt, was trained with another
+    config, or, when ``data`` is given, on other images (checkpoints record
+    :func:`data_fingerprint` of their training images; older ones without it are not checked).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if isinstance(device, str):
+        resolve_device(device)  # a bad device fails now, not after training
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path (str or os.PathLike), got {type(root).__name__} {root!r}")
+    if Path(root).exists() and not Path(root).is_dir():
+        raise ValueError(f"root must be a folder for the checkpoints, got the file {root}")
     final = checkpoint_path(config, root)
     if final.exists():
+        if data is not None:  # the config does not say which images: the fingerprint does
+            _check_data(_read_checkpoint(final), data_fingerprint(_training_data(config, data, None)), final)
         model, saved, _ = load_checkpoint(final, device=device)
         _check_same(config, saved, final)
         return model
@@ -989,6 +1032,7 @@ def export_checkpoint(src, dst, half: bool = True) -> Path:
         "config": ckpt["config"],
         "model_hparams": ckpt["model_hparams"],
         "data_shape": ckpt.get("data_shape"),
+        "data_sha256": ckpt.get("data_sha256"),
         "step": ckpt["step"],
         "complete": True,
         "exported": True,

@@ -512,3 +512,74 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         fallback = train_model(tiny_config(n_train=16, steps=3, compile=True), data=data, progress=False)
     assert torch.equal(fallback.history["loss"], eager.history["loss"])
     assert_same_tree(fallback.model.state_dict(), eager.model.state_dict())
+
+
+def test_train_or_load_never_returns_a_network_trained_on_other_data(tmp_path):
+    """Issue 18 class 4: the images are not in the config; the checkpoint's fingerprint is checked."""
+    config = tiny_config(n_train=16, steps=2)
+    data = smooth_images(16)
+    first = train_or_load(config, tmp_path, data=data, progress=False)
+    again = train_or_load(config, tmp_path, data=data.clone(), progress=False)  # same images: loads
+    assert_same_tree(first.state_dict(), again.state_dict())
+    other = smooth_images(16, seed=1)
+    with pytest.raises(ValueError, match="was trained on other images than the data given"):
+        train_or_load(config, tmp_path, data=other, progress=False)
+    # the export keeps the fingerprint
+    path = checkpoint_path(config, tmp_path)
+    export_checkpoint(path, tmp_path / "export" / path.name)
+    with pytest.raises(ValueError, match="other images"):
+        train_or_load(config, tmp_path / "export", data=other, progress=False)
+    # resuming a partial run with other images fails too
+    part = train_model(tiny_config(n_train=16, steps=4), data=data, checkpoint=tmp_path / "p.pt",
+                       progress=False, until_step=2)
+    assert part.step == 2
+    with pytest.raises(ValueError, match="other images"):
+        train_model(tiny_config(n_train=16, steps=4), data=other, checkpoint=tmp_path / "p.pt", progress=False)
+
+
+def test_non_finite_training_data_is_named_before_training():
+    data = smooth_images(16)
+    data[5, 0, 3, 3] = float("nan")
+    data[9, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or Inf\) in 2 of its first 16 images \(the first: image 5\)"):
+        train_model(tiny_config(n_train=16, steps=2), data=data, progress=False)
+    # images past n_train are not used, so not checked
+    train_model(tiny_config(n_train=5, steps=1), data=data, progress=False)
+
+
+def test_train_or_load_checks_root_and_device_before_training(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_mod, "train_model", lambda *a, **k: calls.append(1))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="root must be a folder for the checkpoints, got the file"):
+        train_or_load(tiny_config(), afile, data=smooth_images(32), progress=False)
+    with pytest.raises(TypeError, match="root must be a folder path .str or os.PathLike., got int 123"):
+        train_or_load(tiny_config(), 123, data=smooth_images(32), progress=False)
+    with pytest.raises(ValueError, match="device must be 'auto' or a torch device string, got 'foo'"):
+        train_or_load(tiny_config(), tmp_path, data=smooth_images(32), progress=False, device="foo")
+    assert calls == []
+
+
+def test_patch_size_larger_than_the_images_is_an_error():
+    with pytest.raises(ValueError, match="patch_size=13 is larger than the data images .12×12."):
+        train_model(tiny_config(patch_size=13), data=smooth_images(32), progress=False)
+
+
+def test_cli_says_resumed_warmup_and_what_the_final_loss_is(tmp_path, capsys):
+    data_root = write_idx_images(tmp_path / "data", n=10)
+    argv = [
+        "train", "--dataset", "fashion-mnist", "--arch", "resnet", "--patch-size", "3", "--width", "8",
+        "--n-train", "8", "--steps", "3", "--warmup-steps", "5", "--batch-size", "4",
+        "--root", str(tmp_path / "ckpt"), "--data-root", str(data_root), "--no-progress",
+    ]  # fmt: skip
+    config = TrainConfig(dataset="fashion-mnist", arch="resnet", patch_size=3, width=8, n_train=8,
+                         steps=3, warmup_steps=5, batch_size=4)
+    final = checkpoint_path(config, tmp_path / "ckpt")
+    partial = final.with_name(final.name[: -len(".pt")] + ".partial.pt")
+    train_model(config, checkpoint=partial, data_root=data_root, progress=False, until_step=1)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"resuming from step 1 of 3 ({partial})" in captured.out
+    assert "warmup_steps=5 >= steps=3" in captured.err
+    assert "(mean of the last 3 steps)" in captured.out
