@@ -40,10 +40,11 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import warnings
 from pathlib import Path
+
+from lemmse._io import atomic_path, write_text_atomic
 
 _KERNELS = Path(__file__).with_name("_kernels")
 _HEADERS = (_KERNELS / "simd.h",)  # part of every kernel's cache key
@@ -131,21 +132,11 @@ def _build(dst: Path, src: Path, flags: list[str]) -> None:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler found")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=dst.parent)
-    os.close(fd)
-    try:
-        subprocess.run([cc, *flags, str(src), "-o", tmp, "-lm"], check=True,
+    with atomic_path(dst, suffix=".so") as tmp:  # a half-written library is never loaded
+        subprocess.run([cc, *flags, str(src), "-o", str(tmp), "-lm"], check=True,
                        capture_output=True, text=True)
-        digest = _file_sha256(Path(tmp))
-        os.replace(tmp, dst)  # atomic: a half-written library is never loaded
-        fd, tmp_digest = tempfile.mkstemp(suffix=".sha256", dir=dst.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(digest + "\n")
-        os.replace(tmp_digest, dst.with_name(dst.name + ".sha256"))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        digest = _file_sha256(tmp)
+    write_text_atomic(dst.with_name(dst.name + ".sha256"), digest + "\n")
 
 
 def _load(name: str, symbol: str, argtypes: list, restype=ctypes.c_int):

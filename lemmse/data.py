@@ -50,6 +50,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lemmse._io import atomic_path
+
 __all__ = [
     "data_root",
     "load_dataset",
@@ -211,12 +213,10 @@ def _download(url: str, dest: Path, md5: str) -> None:
 
     On a checksum mismatch or a network error nothing is left at ``dest`` or beside it.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     network_errors = (urllib.error.URLError, http.client.HTTPException, OSError)
-    try:
+    with atomic_path(dest, suffix=".part") as tmp:
         digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             try:
                 response = urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT)
             except network_errors as err:
@@ -239,25 +239,14 @@ def _download(url: str, dest: Path, md5: str) -> None:
                 f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
                 "the download was discarded (try again, or download it by hand)."
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _write_atomic(dest: Path, source) -> None:
     """Copy the binary stream ``source`` to ``dest`` (tmp file + os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(dest, suffix=".part") as tmp:
+        with open(tmp, "wb") as out:
             while chunk := source.read(_CHUNK):
                 out.write(chunk)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _download_fashion_mnist(folder: Path) -> None:

@@ -63,6 +63,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
+from lemmse._io import atomic_path, write_text_atomic
 from lemmse.data import load_dataset
 from lemmse.groups import GROUPS as GROUPS_OF_NETS
 from lemmse.metrics import psnr
@@ -479,11 +480,7 @@ def _sha256(path: Path) -> str:
 
 
 def _atomic_write_text(text: str, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def export_grid(
@@ -633,10 +630,8 @@ def lemmse_outputs(est, train, op, key: dict, x, split, sigma, seed=0, cache=Non
                 return y, stored["x_le"][:n]
     x_le = est(y, float(sigma))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"y": y, "x_le": x_le}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"y": y, "x_le": x_le}, tmp)
     return y, x_le
 
 

@@ -43,6 +43,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+from lemmse._io import atomic_path
 from lemmse._validate import check_finite_output, screen_sigma
 from lemmse.data import DATASETS, SPLITS, load_dataset
 from lemmse.nets import ARCHS, SigmaNet, _resolve_width, make_model
@@ -527,14 +528,8 @@ def _atomic_save(obj, path: Path):
         obj = {**obj, "ema_sha256": _weights_sha256(obj["ema"])}
     if isinstance(obj, dict) and all(k in obj for k in _RESUME_KEYS):
         obj = {**obj, "resume_sha256": _tree_sha256({k: obj[k] for k in _RESUME_KEYS})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _read_checkpoint(path) -> dict:
