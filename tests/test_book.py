@@ -346,7 +346,7 @@ WIDTHS = (1280, 390)  # a laptop and a phone
 KNOWN_LAYOUT = {
     "01_inverse_problems": (6, 1), "02_mmse": (11, 2), "03_equivariance": (10, 3),
     "04_locality": (14, 4), "05_lemmse": (19, 3), "06_physics": (13, 2), "07_scale": (10, 3),
-    "08_training": (7, 4), "09_agreement": (12, 6), "10_physics_networks": (7, 3),
+    "08_training": (7, 4), "09_agreement": (12, 6),
     "11_analysis": (10, 4), "12_explorer": (2, 0), "13_minnorm": (0, 4), "14_symmetry": (0, 2),
 }
 # The theme logs this with console.error when no colour mode is stored yet (a first visit),
