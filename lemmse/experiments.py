@@ -217,33 +217,27 @@ class Scale:
     n_train: dict
 
 
+_CPU = Scale(
+    name="cpu",
+    widths={"unet": 16, "resnet": 32, "patchmlp": 64},
+    steps=800,
+    batch_size=32,
+    warmup_steps=50,
+    # FFHQ-32: 8 of the 10 images here train; the other 2 are the held-out "test" images
+    n_train={"fashion-mnist": 10_000, "cifar10": 4_000, "ffhq32": 8},
+)
+
 #: The scales. ``"cpu"``: what ran on this project's 2-core CPU (FashionMNIST denoising:
 #: 800 steps of 32 images, about 8 minutes per network at 50 images/s on one thread of
-#: the shared CPU); ``"cpu-long"``: the same networks trained 16 times longer (12 800 steps,
-#: about 10 minutes per network at 700 images/s with ``--compile``); ``"reference"``: the reference setup of section 7 of
-#: ``lemmse-math.md`` (for a GPU and the full data sets).
+#: the shared CPU); ``"cpu-long"``: the same networks and data trained 16 times longer
+#: (12 800 steps, 409 600 images seen, about 10 minutes per network at 700 images/s with
+#: ``--compile``), where the training-budget study of chapter 9 has the three FashionMNIST
+#: denoising networks at 27.4-31.7 dB from the LE-MMSE (``results/training_budget.csv``), so
+#: that its FashionMNIST denoising networks are the study's 12 800-step ones; ``"reference"``:
+#: the reference setup of section 7 of ``lemmse-math.md`` (for a GPU and the full data sets).
 SCALES = {
-    "cpu": Scale(
-        name="cpu",
-        widths={"unet": 16, "resnet": 32, "patchmlp": 64},
-        steps=800,
-        batch_size=32,
-        warmup_steps=50,
-        # FFHQ-32: 8 of the 10 images here train; the other 2 are the held-out "test" images
-        n_train={"fashion-mnist": 10_000, "cifar10": 4_000, "ffhq32": 8},
-    ),
-    # 16x the "cpu" budget (409 600 images seen): where the training-budget study of
-    # chapter 9 has the three FashionMNIST denoising networks at 27.4-31.7 dB from the LE-MMSE
-    # (results/training_budget.csv); the same networks and data as "cpu" otherwise, so its
-    # FashionMNIST denoising networks are the study's 12 800-step ones.
-    "cpu-long": Scale(
-        name="cpu-long",
-        widths={"unet": 16, "resnet": 32, "patchmlp": 64},
-        steps=12_800,
-        batch_size=32,
-        warmup_steps=50,
-        n_train={"fashion-mnist": 10_000, "cifar10": 4_000, "ffhq32": 8},
-    ),
+    "cpu": _CPU,
+    "cpu-long": dataclasses.replace(_CPU, name="cpu-long", steps=12_800),
     "reference": Scale(
         name="reference",
         widths={"unet": "reference", "resnet": "reference", "patchmlp": "reference"},
