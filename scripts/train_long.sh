@@ -3,7 +3,8 @@
 # network at a time, in the order of the issue; export each finished network to
 # results/checkpoints and commit it (checkpoint + MANIFEST.json only) before the next starts,
 # so that an interrupted session loses at most the network in training (whose partial
-# checkpoint under checkpoints/ resumes when the same command runs again).
+# checkpoint under checkpoints/ resumes when the same command runs again); networks already in
+# results/checkpoints are skipped, so a fresh clone goes on where the last session stopped.
 #
 #   LEMMSE_DATA=... scripts/train_long.sh            # all, in order; finished ones are skipped
 #   scripts/train_long.sh "cifar10 denoising unet agnostic"   # one selection
@@ -24,6 +25,9 @@ DEFAULT=(
 for sel in "${SELECTIONS[@]}"; do
   read -r dataset task arch physics <<<"$sel"
   filt=(--scale cpu-long --dataset "$dataset" --task "$task" --arch "$arch" --physics "$physics")
+  name=$("$PY" -c "import sys; from lemmse.experiments import Experiment as E; print(E(*sys.argv[1:]).config('cpu-long').filename())" \
+         "$dataset" "$task" "$arch" "$physics") || { echo "unknown selection: $sel"; exit 1; }
+  if [ -f "results/checkpoints/$name" ]; then echo "already committed: $sel ($name)"; continue; fi
   before=$(git ls-files results/checkpoints | sort)
   echo "== $(date +%T) $sel"
   "$PY" -m lemmse experiment train "${filt[@]}" --compile --no-progress --root checkpoints || { echo "training failed: $sel"; exit 1; }
