@@ -49,6 +49,8 @@ for arg in "$@"; do
   fi
   start=$(date +%s)
   "$BIN/jupytext" --sync "$md"
+  # build the native kernels first: their one-line first-use note must not land in the notebook
+  "$BIN/python" -c "from lemmse import _native; _native.load_kernel(); _native.load_slide_kernel()"
   # nbclient directly (as `jupyter execute --inplace` does), but without the per-cell timestamps that
   # `jupyter execute` records in the cell metadata, and with consecutive prints merged into one output,
   # so that an unchanged chapter gives an unchanged notebook.

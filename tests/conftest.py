@@ -66,3 +66,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def pytest_collection_finish(session):
+    """Build the native kernels before the first notebook runs (nbval of the chapters).
+
+    The first use of a kernel on a machine compiles it and prints a one-line note to stderr
+    (``lemmse._native``); inside a notebook that note is an unexpected output that fails nbval
+    for whichever chapter runs first on a fresh machine. Building them here, in the pytest
+    process, fills the on-disk cache the notebook kernels read. (A hook here, not in a
+    book/conftest.py: a second module named ``conftest`` would shadow this one for the tests'
+    ``from conftest import ...``.)
+    """
+    if any(".ipynb" in item.nodeid for item in session.items):
+        from lemmse import _native
+
+        _native.load_kernel()
+        _native.load_slide_kernel()
