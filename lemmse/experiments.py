@@ -230,8 +230,8 @@ _CPU = Scale(
 #: The scales. ``"cpu"``: what ran on this project's 2-core CPU (FashionMNIST denoising:
 #: 800 steps of 32 images, about 8 minutes per network at 50 images/s on one thread of
 #: the shared CPU); ``"cpu-long"``: the same networks and data trained 16 times longer
-#: (12 800 steps, 409 600 images seen, about 10 minutes per network at 700 images/s with
-#: ``--compile``), where the training-budget study of chapter 9 has the three FashionMNIST
+#: (12 800 steps, 409 600 images seen; 11 to 20 minutes per network here with ``--compile``,
+#: on a machine shared with other work), where the training-budget study of chapter 9 has the three FashionMNIST
 #: denoising networks at 27.4-31.7 dB from the LE-MMSE (``results/training_budget.csv``), so
 #: that its FashionMNIST denoising networks are the study's 12 800-step ones; ``"reference"``:
 #: the reference setup of section 7 of ``lemmse-math.md`` (for a GPU and the full data sets).
@@ -1051,8 +1051,9 @@ def _add_cli(sub):
     t.add_argument("--root", default="checkpoints", help="checkpoint folder (default: checkpoints)")
     t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ... (default: auto)")
     t.add_argument("--compile", action="store_true",
-                   help="train through torch.compile (1.2-1.7x faster on a 2-core CPU after about "
-                        "30 s of compilation per network; the checkpoints are the same experiments)")
+                   help="train through torch.compile (0.96-1.67x the eager speed on a 2-core CPU, "
+                        "1.24-1.63x for the grid's U-Net, after about 30 s of compilation per "
+                        "network; the checkpoints are the same experiments)")
     t.set_defaults(func=_run_train)
 
     e = actions.add_parser("export", help="export finished checkpoints (fp16) with a manifest")
