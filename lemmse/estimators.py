@@ -261,12 +261,12 @@ class _Estimator:
     # measured, pre-inverted, centred training images.  An inverse filter amplifies the
     # round-off of an fp32 FFT by up to 1/|k̂|, so pre-inverses are applied in float64.
     def _keys_images(self, x):
-        if self.B.kind == "inverse" and hasattr(self.B, "transfer"):
+        if self.B.needs_float64:
             return (self.B(self.operator.A(x.double())) - self._offset).to(self.dtype)
         return self.B(self.operator.A(x)) - self._offset
 
     def _query_images(self, y):
-        if self.B.kind == "inverse" and hasattr(self.B, "transfer"):
+        if self.B.needs_float64:
             return (self.B(y.double()) - self._offset).to(self.dtype)
         return self.B(y) - self._offset
 
@@ -336,7 +336,7 @@ class _PatchAttention(_Estimator):
     # --- physics-aware machinery -------------------------------------------------------
     def _whitening(self):
         """``L⁻ᵀ`` (so that patches @ it are whitened) for a stationary pre-inverse, else None."""
-        if self.B.kind != "inverse" or not hasattr(self.B, "transfer"):
+        if not self.B.is_filter:
             return None
         H, W, P = self.H, self.W, self.patch_size
         bhat = self.B.transfer(H, W, torch.float64, "cpu")
@@ -352,8 +352,8 @@ class _PatchAttention(_Estimator):
         return Linv.T.to(self.device).contiguous()
 
     def _mask_patterns(self):
-        mask = getattr(self.B, "mask", None)
-        if self.B.kind != "inverse" or mask is None:
+        mask = self.B.mask
+        if mask is None:
             return None
         m = mask.to(torch.float64).expand(1, self.C, self.H, self.W)
         return extract_patches(m, self.patch_size)[0]  # [H*W, D]
@@ -827,19 +827,19 @@ class MMSE(_Estimator):
 
     def _flat(self, v):
         v = v.flatten(1)
-        mask = getattr(self.B, "mask", None)
-        if self.B.kind == "inverse" and mask is not None:
+        mask = self.B.mask
+        if mask is not None:
             keep = mask.expand(1, self.C, self.H, self.W).flatten().bool()
             v = v[:, keep]
         return v
 
     def _query_images(self, y):  # physics-aware blur == agnostic (see class docstring)
-        if self.B.kind == "inverse" and hasattr(self.B, "transfer"):
+        if self.B.is_filter:
             return y - self._offset
         return super()._query_images(y)
 
     def _keys_images(self, x):
-        if self.B.kind == "inverse" and hasattr(self.B, "transfer"):
+        if self.B.is_filter:
             return self.operator.A(x) - self._offset
         return super()._keys_images(x)
 

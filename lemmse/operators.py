@@ -40,6 +40,7 @@ __all__ = [
     "Blur",
     "SuperResolution",
     "preinverse",
+    "Preinverse",
     "IdentityPreinverse",
     "MaskPreinverse",
     "InverseFilterPreinverse",
@@ -596,7 +597,43 @@ class SuperResolution(Operator):
 # ----------------------------------------------------------------------------------------
 
 
-class IdentityPreinverse:
+class Preinverse:
+    r"""What an estimator needs to know of a pre-inverse B, stated instead of probed.
+
+    A pre-inverse is a callable ``B(v)`` on [B, C, H, W] tensors with ``A`` / ``A_adjoint``;
+    the estimators read three properties of it (book chapter 6,
+    ``book/06_physics.md``, derives what each one changes):
+
+    Attributes
+    ----------
+    kind : str
+        ``"identity"`` (physics-agnostic, B = I) or ``"inverse"`` (physics-aware).
+    mask : torch.Tensor or None
+        The observed-pixel mask [1, C or 1, H, W] when B is a masking (distances are then taken
+        over observed pixels only), else None.
+    is_filter : bool
+        True when B is a stationary filter with a transfer function, ``transfer(H, W, dtype,
+        device)`` (distances are then whitened by its autocorrelation).
+    needs_float64 : bool
+        True when B must be applied in float64 (an inverse filter amplifies the round-off of
+        an fp32 FFT by up to 1/|k̂|); the same as ``is_filter`` for the pre-inverses here.
+    """
+
+    kind = "identity"
+    mask = None
+    is_filter = False
+
+    @property
+    def needs_float64(self) -> bool:
+        return self.is_filter
+
+    def transfer(self, H: int, W: int, dtype: torch.dtype = torch.float32, device="cpu"):
+        """Transfer function of B; only for a filter (``is_filter``)."""
+        raise TypeError(f"{type(self).__name__} is not a filter: it has no transfer function "
+                        f"(check is_filter first)")
+
+
+class IdentityPreinverse(Preinverse):
     """Pre-inverse B = I (physics-agnostic): ``B(v) = v`` (a copy).
 
     Attributes
@@ -621,7 +658,7 @@ class IdentityPreinverse:
         return "IdentityPreinverse()"
 
 
-class MaskPreinverse:
+class MaskPreinverse(Preinverse):
     r"""Pre-inverse of inpainting, :math:`B y = m \odot y` (B = A, the mask).
 
     Attributes
@@ -652,7 +689,7 @@ class MaskPreinverse:
         return f"MaskPreinverse({self._op!r})"
 
 
-class InverseFilterPreinverse:
+class InverseFilterPreinverse(Preinverse):
     r"""Regularised inverse filter of a blur, :math:`B y = \mathrm{IFFT}(\mathrm{FFT}(y) / (\hat k + 10^{-7}))`.
 
     The constant :math:`10^{-7}` is added to the (complex) transfer function, as in the
@@ -668,6 +705,7 @@ class InverseFilterPreinverse:
     """
 
     kind = "inverse"
+    is_filter = True
 
     def __init__(self, op: Blur, eps: float = INVERSE_FILTER_EPS):
         self.op = op
@@ -727,9 +765,11 @@ def preinverse(op: Operator, kind: str = "identity"):
 
     Returns
     -------
-    IdentityPreinverse or MaskPreinverse or InverseFilterPreinverse
-        Callable ``B(v)`` on [B, C, H, W] tensors, with a ``kind`` attribute
-        (``"identity"`` or ``"inverse"``) and ``A`` / ``A_adjoint`` methods.
+    Preinverse
+        An :class:`IdentityPreinverse`, :class:`MaskPreinverse` or
+        :class:`InverseFilterPreinverse`: callable ``B(v)`` on [B, C, H, W] tensors, with
+        ``A`` / ``A_adjoint`` methods and the properties ``kind``, ``mask``, ``is_filter``,
+        ``needs_float64``.
 
     See book chapter 1 (``book/01_inverse_problems.md``).
     """

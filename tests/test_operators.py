@@ -441,3 +441,21 @@ def test_bad_preinverse_kind():
         preinverse(Denoising(), "pinv")
     with pytest.raises(TypeError, match="op must be an Operator"):
         preinverse("blur", "inverse")
+
+
+def test_preinverse_states_what_estimators_need():
+    """The Preinverse properties (mask, is_filter, needs_float64) replace attribute probing."""
+    from lemmse.operators import Preinverse
+    g = torch.Generator().manual_seed(1)
+    inp, blur = Inpainting(torch.rand(1, 8, 8, generator=g) > 0.5), Blur(torch.ones(3, 3) / 9)
+    ident, mask, filt = (preinverse(Denoising(), "inverse"), preinverse(inp, "inverse"),
+                         preinverse(blur, "inverse"))
+    assert all(isinstance(b, Preinverse) for b in (ident, mask, filt))
+    assert (ident.kind, mask.kind, filt.kind) == ("identity", "inverse", "inverse")
+    assert ident.mask is None and filt.mask is None
+    assert torch.equal(mask.mask, inp.mask)
+    assert (ident.is_filter, mask.is_filter, filt.is_filter) == (False, False, True)
+    assert (ident.needs_float64, mask.needs_float64, filt.needs_float64) == (False, False, True)
+    assert filt.transfer(8, 8).shape == (8, 8)
+    with pytest.raises(TypeError, match="not a filter"):
+        mask.transfer(8, 8)
