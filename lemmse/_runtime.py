@@ -7,6 +7,8 @@
 - :func:`no_tf32`: TF32 off for CUDA matrix products and convolutions inside a block, so that
   float32 on a GPU means float32 (book chapter 7 on why the engine never uses TF32; also the
   training loop).
+- :func:`compiled_forward`: a network's forward through ``torch.compile``, falling back to the
+  eager forward with one warning where compilation fails (``TrainConfig(compile=True)``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import warnings
 
 import torch
 
-__all__ = ["resolve_device", "tune_allocator", "no_tf32"]
+__all__ = ["resolve_device", "tune_allocator", "no_tf32", "compiled_forward"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -67,3 +69,27 @@ def no_tf32():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def compiled_forward(model: torch.nn.Module):
+    """``model``'s forward through ``torch.compile``; on the first call, when compiling fails,
+    one RuntimeWarning and the eager forward from then on (same arguments, same step).
+
+    For the training loop (``TrainConfig(compile=True)``): the warning points at the caller of
+    the function that calls the returned forward (``stacklevel=3``).
+    """
+    compiled = torch.compile(model)
+    state = {"fn": compiled}
+
+    def forward(v, sigma):
+        if state["fn"] is compiled:
+            try:
+                return compiled(v, sigma)
+            except Exception as err:  # inductor raises many types (no compiler, unsupported op)
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err).strip()[:200]}); "
+                              f"training eagerly (same result, slower). compile=False silences this.",
+                              RuntimeWarning, stacklevel=3)
+                state["fn"] = model
+        return state["fn"](v, sigma)
+
+    return forward

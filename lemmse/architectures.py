@@ -113,7 +113,7 @@ class SigmaNet(nn.Module):
     ``residual`` then returns ``C s²`` channels on the LR grid.
 
     Attributes ``arch``, ``channels``, ``patch_size``, ``width``, ``factor`` and ``hparams``
-    (the keyword arguments of :func:`make_model` that rebuild it; ``factor`` only when > 1).
+    (the keyword arguments of :func:`~lemmse.nets.make_model` that rebuild it; ``factor`` only when > 1).
     """
 
     arch: str = ""

@@ -31,6 +31,7 @@ from lemmse.nets import make_model
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "data_fingerprint", "load_checkpoint",
            "export_checkpoint"]
 
+#: The "format" entry of every checkpoint this module writes (and the only one it reads).
 CHECKPOINT_FORMAT = "lemmse-train-v1"
 
 

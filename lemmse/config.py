@@ -40,9 +40,9 @@ class TrainConfig:
     n_train : int
         Train on the first ``n_train`` images (reference: 10 000).
     task : str
-        A key of :data:`~lemmse.train.TASKS`: "denoising", "inpainting", "inpainting-random",
+        A key of ``lemmse.tasks.TASKS``: "denoising", "inpainting", "inpainting-random",
         "deblurring", "deblurring-disk", "superresolution" (×2; the network gets ``factor=2``, see
-        :data:`~lemmse.train.TASK_FACTORS`, and the training images are the HR ones).
+        ``lemmse.tasks.TASK_FACTORS``, and the training images are the HR ones).
     physics : {"agnostic", "aware"}
         Pre-inverse B = I, or B = ``preinverse(A, "inverse")`` (mask / regularised inverse filter).
         "superresolution" has no pre-inverse: "agnostic" only.

@@ -11,7 +11,7 @@ function class as the LE-MMSE (book chapter on the LE-MMSE; reference setup in s
 of ``lemmse-math.md``).
 
 All three return ``v + f(v, σ)`` (a pointwise residual, which keeps both properties). The
-architectures and their building blocks are in :mod:`lemmse.architectures`, with the
+architectures and their building blocks are in ``lemmse.architectures``, with the
 receptive-field arithmetic of each; this module builds them (:func:`make_model`, the width
 rules :func:`default_width` and :func:`reference_width`), wraps them (:class:`GroupAveraged`)
 and measures them (:func:`count_parameters`, :func:`receptive_field`), and every name of both

@@ -34,7 +34,7 @@ PHYSICS = {"agnostic": "identity", "aware": "inverse"}
 
 
 def make_operator(task: str, image_shape):
-    """The forward operator A of ``task`` for images of shape (C, H, W) (see :data:`TASKS`).
+    """The forward operator A of ``task`` for images of shape (C, H, W) (see ``TASKS``).
 
     For "superresolution" the shape is not used (``SuperResolution(2)`` takes any HR image
     whose sides are even).

@@ -23,8 +23,8 @@ checkpoint, so a resumed run is bitwise identical to an uninterrupted one on the
 Main entry points: :class:`TrainConfig`, :func:`train_model`, :func:`train_or_load`, :func:`predict`,
 :func:`load_checkpoint`, :func:`export_checkpoint`. This module holds the training loop and
 inference; it re-exports, so that ``lemmse.train.X`` keeps working, the config
-(:mod:`lemmse.config`), the task registry (:mod:`lemmse.tasks`), the checkpoint files
-(:mod:`lemmse.checkpoints`) and the device helpers (:mod:`lemmse._runtime`). Book chapter 8.
+(``lemmse.config``), the task registry (``lemmse.tasks``), the checkpoint files
+(``lemmse.checkpoints``) and the device helpers (``lemmse._runtime``). Book chapter 8.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import copy
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -41,7 +40,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from lemmse._runtime import no_tf32, resolve_device, tune_allocator
+from lemmse._runtime import compiled_forward, no_tf32, resolve_device, tune_allocator
 from lemmse._validate import check_finite_output, check_int, screen_sigma
 from lemmse.checkpoints import (CHECKPOINT_FORMAT, _check_data, _check_same, _history_tensors,
                                 _read_checkpoint, _resume_training, _save_training,
@@ -56,23 +55,10 @@ from lemmse.operators import preinverse
 from lemmse.tasks import PHYSICS, TASK_FACTORS, TASKS, make_operator
 
 __all__ = [
-    "TASKS",
-    "TASK_FACTORS",
-    "PHYSICS",
-    "DATASETS",
-    "CHECKPOINT_FORMAT",
-    "TrainConfig",
-    "TrainResult",
-    "make_operator",
-    "predict",
-    "resolve_device",
-    "train_model",
-    "train_or_load",
-    "checkpoint_path",
-    "data_fingerprint",
-    "load_checkpoint",
-    "export_checkpoint",
-    "tune_allocator",
+    "TASKS", "TASK_FACTORS", "PHYSICS", "DATASETS", "CHECKPOINT_FORMAT",
+    "TrainConfig", "TrainResult", "make_operator", "predict", "resolve_device",
+    "train_model", "train_or_load", "checkpoint_path", "data_fingerprint",
+    "load_checkpoint", "export_checkpoint", "tune_allocator",
 ]
 
 
@@ -174,27 +160,8 @@ def _training_data(config: TrainConfig, data, data_root) -> torch.Tensor:
                          f"would only produce a NaN loss: clean or drop those images")
     return data
 
+
 # --------------------------------------------------------------------------- training
-
-
-def _compiled_forward(model: torch.nn.Module):
-    """``model``'s forward through ``torch.compile``; on the first call, when compiling fails,
-    one RuntimeWarning and the eager forward from then on (same arguments, same step)."""
-    compiled = torch.compile(model)
-    state = {"fn": compiled}
-
-    def forward(v, sigma):
-        if state["fn"] is compiled:
-            try:
-                return compiled(v, sigma)
-            except Exception as err:  # inductor raises many types (no compiler, unsupported op)
-                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err).strip()[:200]}); "
-                              f"training eagerly (same result, slower). compile=False silences this.",
-                              RuntimeWarning, stacklevel=3)
-                state["fn"] = model
-        return state["fn"](v, sigma)
-
-    return forward
 
 
 def train_model(
@@ -285,7 +252,7 @@ def train_model(
         unit="step",
         dynamic_ncols=True,
     )
-    forward = _compiled_forward(model) if config.compile else model
+    forward = compiled_forward(model) if config.compile else model
     pending = []  # losses of recent steps, still on the device
     log_every = 10
     model.train()
@@ -359,7 +326,8 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     Returns
     -------
     tensor [B, C, H, W] on y's device and dtype (computed without gradients on the model's
-    device, in float32); [B, C, s H, s W] for super-resolution (``s`` of :data:`TASK_FACTORS`).
+    device, in float32); [B, C, s H, s W] for super-resolution (``s`` of
+    ``lemmse.tasks.TASK_FACTORS``).
 
     Raises
     ------
