@@ -99,3 +99,45 @@ def bound_topk(topk: int, n_keys: int, n_queries: int, memory_budget: int) -> in
             f"{memory_budget} bytes; ask for topk <= {fit}, fewer images per call, or a larger "
             f"memory_budget")
     return k
+
+
+# --- scalar arguments (train, nets)
+# One rule for the scalar arguments of TrainConfig, make_model and friends: a wrong type
+# (a bool, a string, 1.5 for an integer) is a TypeError, a value out of range a ValueError.
+
+import math  # noqa: E402 (imported with the section that uses them)
+import operator  # noqa: E402
+
+
+def check_int(name: str, value, minimum=None) -> int:
+    """``value`` as an int (``operator.index``: bools and floats are a TypeError), ``>= minimum``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(name: str, value, low=None, high=None, high_open=False) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``[low, high)`` if ``high_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def check_choice(name: str, value, choices):
+    """``value`` if it is one of the strings ``choices``, else a ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

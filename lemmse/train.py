@@ -21,21 +21,18 @@ from ``config.seed``; their states, the current permutation and its cursor are s
 checkpoint, so a resumed run is bitwise identical to an uninterrupted one on the CPU.
 
 Main entry points: :class:`TrainConfig`, :func:`train_model`, :func:`train_or_load`, :func:`predict`,
-:func:`load_checkpoint`, :func:`export_checkpoint`.
+:func:`load_checkpoint`, :func:`export_checkpoint`. This module holds the training loop and
+inference; it re-exports, so that ``lemmse.train.X`` keeps working, the config
+(``lemmse.config``), the task registry (``lemmse.tasks``), the checkpoint files
+(``lemmse.checkpoints``) and the device helpers (``lemmse._runtime``). Book chapter 8.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
-import hashlib
-import json
 import math
-import operator
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -43,259 +40,26 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from lemmse._io import atomic_path
-from lemmse._validate import check_finite_output, screen_sigma
-from lemmse.data import DATASETS, SPLITS, load_dataset
-from lemmse.nets import ARCHS, SigmaNet, _resolve_width, make_model
-from lemmse.operators import Blur, Denoising, Inpainting, SuperResolution, preinverse
+from lemmse._runtime import compiled_forward, no_tf32, resolve_device, tune_allocator
+from lemmse._validate import check_finite_output, check_int, screen_sigma
+from lemmse.checkpoints import (CHECKPOINT_FORMAT, _check_data, _check_same, _history_tensors,
+                                _read_checkpoint, _resume_training, _save_training,
+                                checkpoint_path, data_fingerprint, export_checkpoint,
+                                load_checkpoint)
+from lemmse.checkpoints import _weights_sha256  # noqa: F401 (re-exported: tests import it here)
+from lemmse.config import RUN_ONLY_FIELDS, TrainConfig  # noqa: F401 (RUN_ONLY_FIELDS re-exported)
+from lemmse.data import SPLITS  # noqa: F401 (re-exported: the command line imports it here)
+from lemmse.data import DATASETS, load_dataset
+from lemmse.nets import SigmaNet, make_model
+from lemmse.operators import preinverse
+from lemmse.tasks import PHYSICS, TASK_FACTORS, TASKS, make_operator
 
 __all__ = [
-    "TASKS",
-    "TASK_FACTORS",
-    "PHYSICS",
-    "DATASETS",
-    "CHECKPOINT_FORMAT",
-    "TrainConfig",
-    "TrainResult",
-    "make_operator",
-    "predict",
-    "resolve_device",
-    "train_model",
-    "train_or_load",
-    "checkpoint_path",
-    "data_fingerprint",
-    "load_checkpoint",
-    "export_checkpoint",
-    "tune_allocator",
+    "TASKS", "TASK_FACTORS", "PHYSICS", "DATASETS", "CHECKPOINT_FORMAT",
+    "TrainConfig", "TrainResult", "make_operator", "predict", "resolve_device",
+    "train_model", "train_or_load", "checkpoint_path", "data_fingerprint",
+    "load_checkpoint", "export_checkpoint", "tune_allocator",
 ]
-
-#: Tasks of the reference setup: the forward operator A for an image shape (C, H, W).
-TASKS = {
-    "denoising": "A = I",
-    "inpainting": "centred 15×15 hole (Inpainting.center_box(shape, 15))",
-    "inpainting-random": "30 % missing pixels, one mask, seed 1234 (Inpainting.random(shape, 0.3, 1234))",
-    "deblurring": "Gaussian blur, std 1 px, circular (Blur.gaussian(shape, 1.0))",
-    "deblurring-disk": "defocus disk, radius 2.5 px, circular (Blur.disk(shape, 2.5))",
-    "superresolution": "x2 super-resolution: 2×2 block means, noise on the LR grid "
-                       "(SuperResolution(2)); the network outputs the HR grid",
-}
-
-#: Super-resolution factor of the networks of each task (1 for the tasks not listed).
-TASK_FACTORS = {"superresolution": 2}
-
-#: Physics: the pre-inverse kind given to ``lemmse.operators.preinverse``.
-PHYSICS = {"agnostic": "identity", "aware": "inverse"}
-
-CHECKPOINT_FORMAT = "lemmse-train-v1"
-
-#: Fields that do not change the trained weights: left out of the checkpoint's identity.
-RUN_ONLY_FIELDS = ("device", "checkpoint_every", "compile")
-
-
-# --------------------------------------------------------------------------- config
-
-
-def _as_int(name, value, minimum=None):
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _as_float(name, value, low=None, high=None, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
-    return value
-
-
-def _as_choice(name, value, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (validated and normalised on creation).
-
-    Parameters
-    ----------
-    dataset : str
-        Name given to ``lemmse.data.load_dataset`` ("fashion-mnist", "cifar10", "ffhq32"); when
-        :func:`train_model` receives ``data=`` it is only a label.
-    split : {"train", "test"}
-    n_train : int
-        Train on the first ``n_train`` images (reference: 10 000).
-    task : str
-        A key of :data:`TASKS`: "denoising", "inpainting", "inpainting-random", "deblurring",
-        "deblurring-disk", "superresolution" (×2; the network gets ``factor=2``, see
-        :data:`TASK_FACTORS`, and the training images are the HR ones).
-    physics : {"agnostic", "aware"}
-        Pre-inverse B = I, or B = ``preinverse(A, "inverse")`` (mask / regularised inverse filter).
-        "superresolution" has no pre-inverse: "agnostic" only.
-    arch : {"unet", "resnet", "patchmlp"}
-    patch_size : int
-        P, odd, >= 3: the networks' receptive field.
-    width : int, "default", "reference" or None
-        Resolved to an integer on creation (``lemmse.nets.make_model``).
-    group : str
-        "translations" (default): the plain network; "d4", "c4", "c2" or "flips": the network
-        averaged over that group of grid symmetries (``lemmse.nets.GroupAveraged``; ``|G|`` times the
-        cost of a step). Left out of :meth:`identity` when "translations", so the networks
-        trained before the field existed keep their names.
-    steps, batch_size : int
-        Optimiser steps and images per step (reference: 24 000 and 256 on a GPU).
-    lr, weight_decay, grad_clip : float
-        AdamW learning rate (peak) and weight decay; clip of the gradient's global norm
-        (0 = no clipping).
-    ema_decay : float
-        Decay of the EMA of the weights. The decay used at step t is
-        ``min(ema_decay, (1 + t) / (10 + t))``, so that short runs are not dominated by the
-        random initial weights (with 0.99 the EMA forgets the initialisation only after a few
-        hundred steps).
-    sigma_max : float
-        σ ~ U[0, sigma_max] per image.
-    warmup_steps : int
-        Linear warm-up of the learning rate, then cosine decay to 0 at ``steps``.
-    seed : int
-        Seeds the initial weights, the data order and the noise.
-    device : str
-        "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
-    checkpoint_every : int
-        Write a checkpoint every this many steps (0: only at the end).
-    compile : bool
-        Run the training forward pass through ``torch.compile`` (default False). On this
-        project's 2-core CPU the grid's U-Net trains 1.24 (28×28) to 1.63 (32×32) times faster,
-        the default widths 0.96 to 1.67 times (``benchmarks/bench_train.py --compare-compile``),
-        after about half a minute of compilation, so it pays from a few hundred steps on; when compilation fails (no C++
-        compiler, an unsupported platform) one RuntimeWarning says why and the step runs eagerly.
-
-    Notes
-    -----
-    ``device``, ``checkpoint_every`` and ``compile`` do not change what is trained (a compiled
-    run differs from an eager one at the level of float rounding, as runs on two devices do)
-    and are left out of :meth:`identity` (and of the checkpoint's file name).
-    """
-
-    dataset: str = "fashion-mnist"
-    split: str = "train"
-    n_train: int = 10_000
-    task: str = "denoising"
-    physics: str = "agnostic"
-    arch: str = "unet"
-    patch_size: int = 5
-    width: Union[int, str, None] = None
-    group: str = "translations"
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    ema_decay: float = 0.99
-    sigma_max: float = 1.0
-    warmup_steps: int = 100
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 500
-    compile: bool = False
-
-    def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        if not isinstance(self.dataset, str) or not self.dataset.strip():
-            raise ValueError(f"dataset must be a non-empty string, got {self.dataset!r}")
-        _as_choice("split", self.split, SPLITS)
-        set_("n_train", _as_int("n_train", self.n_train, 1))
-        _as_choice("task", self.task, tuple(TASKS))
-        _as_choice("physics", self.physics, tuple(PHYSICS))
-        if self.task == "superresolution" and self.physics != "agnostic":
-            raise ValueError(f"physics={self.physics!r} is not defined for task='superresolution' "
-                             f"(SuperResolution has no pre-inverse; the network takes the LR "
-                             f"measurement itself): use physics='agnostic'")
-        _as_choice("arch", self.arch, ARCHS)
-        set_("patch_size", _as_int("patch_size", self.patch_size, 3))
-        if self.patch_size % 2 == 0:
-            raise ValueError(f"patch_size must be odd, got {self.patch_size}")
-        set_("width", _resolve_width(self.arch, self.patch_size, self.width))
-        from lemmse.groups import GROUPS
-
-        _as_choice("group", self.group, tuple(GROUPS))
-        set_("steps", _as_int("steps", self.steps, 1))
-        set_("batch_size", _as_int("batch_size", self.batch_size, 1))
-        set_("lr", _as_float("lr", self.lr, 0.0))
-        if self.lr == 0:
-            raise ValueError("lr must be > 0, got 0.0")
-        set_("weight_decay", _as_float("weight_decay", self.weight_decay, 0.0))
-        set_("grad_clip", _as_float("grad_clip", self.grad_clip, 0.0))
-        set_("ema_decay", _as_float("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True))
-        set_("sigma_max", _as_float("sigma_max", self.sigma_max, 0.0))
-        set_("warmup_steps", _as_int("warmup_steps", self.warmup_steps, 0))
-        seed = _as_int("seed", self.seed, 0)
-        if seed >= 2**63:
-            raise ValueError(f"seed must be < 2**63, got {seed}")
-        set_("seed", seed)
-        if not isinstance(self.device, str):
-            raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError):
-                raise ValueError(
-                    f"device must be 'auto' or a torch device string ('cpu', 'cuda', 'cuda:0'), got {self.device!r}"
-                ) from None
-        set_("checkpoint_every", _as_int("checkpoint_every", self.checkpoint_every, 0))
-        if not isinstance(self.compile, bool):
-            raise TypeError(f"compile must be True or False, got {self.compile!r}")
-
-    # -- serialisation
-
-    def to_dict(self) -> dict:
-        """All fields, as plain Python values (what checkpoints store)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        if not isinstance(d, dict):
-            raise TypeError(f"config must be a dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    def identity(self) -> dict:
-        """The fields that determine the trained weights (all but ``device`` and ``checkpoint_every``)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
-        if d["group"] == "translations":
-            del d["group"]
-        return d
-
-    def key(self) -> str:
-        """Stable 12-hex-digit hash of :meth:`identity` (sha256 of its sorted JSON)."""
-        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def filename(self) -> str:
-        """Checkpoint file name: a readable prefix and :meth:`key`."""
-        prefix = (
-            f"{self.dataset}_{self.task}_{self.physics}_{self.arch}_P{self.patch_size}"
-            f"_w{self.width}{'' if self.group == 'translations' else '_g' + self.group}"
-            f"_n{self.n_train}_s{self.steps}"
-        )
-        prefix = "".join(c if c.isalnum() or c in "-_." else "-" for c in prefix)
-        return f"{prefix}_{self.key()}.pt"
 
 
 @dataclass
@@ -315,75 +79,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_operator(task: str, image_shape):
-    """The forward operator A of ``task`` for images of shape (C, H, W) (see :data:`TASKS`).
-
-    For "superresolution" the shape is not used (``SuperResolution(2)`` takes any HR image
-    whose sides are even).
-    """
-    _as_choice("task", task, tuple(TASKS))
-    shape = tuple(int(s) for s in image_shape)
-    if task == "denoising":
-        return Denoising()
-    if task == "superresolution":
-        return SuperResolution(TASK_FACTORS[task])
-    if task == "inpainting":
-        return Inpainting.center_box(shape, 15)
-    if task == "inpainting-random":
-        return Inpainting.random(shape, 0.3, 1234)
-    if task == "deblurring":
-        return Blur.gaussian(shape, 1.0)
-    return Blur.disk(shape, 2.5)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; other strings are checked (CUDA present?)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"device must be 'auto' or a torch device string, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available; use 'auto' or 'cpu'")
-    return dev
-
-
-def tune_allocator(threshold: int = 1 << 30) -> bool:
-    """Keep large CPU buffers in glibc's heap instead of fresh ``mmap`` s (process-wide).
-
-    On this project's CPU machine each fresh multi-MB activation costs page faults, which made
-    CPU training 2–4× slower. Sets ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` with
-    ``mallopt``; the process then keeps its peak memory. Called by the command line and the
-    benchmark, never implicitly by the library. Returns False where glibc is not available.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(-3, int(threshold)) == 1  # M_MMAP_THRESHOLD
-        ok = libc.mallopt(-1, int(threshold) * 2) == 1 and ok  # M_TRIM_THRESHOLD
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
-
-
-@contextlib.contextmanager
-def _no_tf32():
-    """TF32 off for CUDA matmuls and convolutions (restored afterwards)."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -423,155 +118,6 @@ class _IndexStream:
         self.generator.set_state(state["generator"])
         self.perm = state["perm"].clone()
         self.cursor = int(state["cursor"])
-
-
-def _weights_sha256(weights: dict) -> str:
-    """sha256 of a state dict's names, dtypes, shapes and bytes (sorted by name)."""
-    h = hashlib.sha256()
-    for k in sorted(weights):
-        v = weights[k].detach().cpu().contiguous()
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
-
-
-#: What a resumed run reads besides the EMA weights; ``resume_sha256`` hashes them.
-_RESUME_KEYS = ("step", "model", "optimizer", "scheduler", "rng", "history")
-
-
-def _tree_sha256(tree) -> str:
-    """sha256 of nested dicts/lists/tuples of tensors and plain values (dict keys sorted)."""
-    h = hashlib.sha256()
-
-    def feed(o):
-        if isinstance(o, torch.Tensor):
-            v = o.detach().cpu().contiguous()
-            h.update(f"T|{v.dtype}|{tuple(v.shape)}|".encode())
-            h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-        elif isinstance(o, dict):
-            h.update(f"D{len(o)}|".encode())
-            for k in sorted(o, key=repr):
-                h.update(f"{k!r}:".encode())
-                feed(o[k])
-        elif isinstance(o, (list, tuple)):
-            h.update(f"L{len(o)}|".encode())
-            for v in o:
-                feed(v)
-        else:
-            h.update(f"{type(o).__name__}|{o!r}|".encode())
-
-    feed(tree)
-    return h.hexdigest()
-
-
-def _check_weights(ckpt: dict, path):
-    """The EMA weights of a checkpoint are the ones written: their stored hash (checkpoints
-    written since the hash was introduced carry one) and all finite."""
-    ema = ckpt["ema"]
-    if not isinstance(ema, dict) or not all(isinstance(v, torch.Tensor) for v in ema.values()):
-        raise ValueError(f"checkpoint {path} is corrupt: its 'ema' entry is not a dict of tensors; "
-                         f"restore the file (git checkout) or delete it to retrain")
-    stored = ckpt.get("ema_sha256")
-    if stored is not None and _weights_sha256(ema) != stored:
-        raise ValueError(f"checkpoint {path} is corrupt: its weights do not match the sha256 "
-                         f"stored in it; restore the file (git checkout) or delete it to retrain")
-    bad = [k for k, v in ema.items() if v.is_floating_point() and
-           not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ValueError(f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}"
-                         f"{', ...' if len(bad) > 3 else ''}); delete it to retrain")
-
-
-def _check_resume_state(ckpt: dict, path):
-    """What a resumed run reads (weights, optimizer moments, RNG states, history) is what was
-    written: the EMA check, the stored ``resume_sha256`` and finite network weights."""
-    _check_weights(ckpt, path)
-    missing = [k for k in _RESUME_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"checkpoint {path} is incomplete: missing {missing}; delete it to "
-                         f"restart training")
-    stored = ckpt.get("resume_sha256")
-    if stored is not None and _tree_sha256({k: ckpt[k] for k in _RESUME_KEYS}) != stored:
-        raise ValueError(f"checkpoint {path} is corrupt: its training state does not match the "
-                         f"sha256 stored in it; delete it to restart training")
-    model = ckpt["model"]
-    if not isinstance(model, dict) or not all(
-            isinstance(v, torch.Tensor) and (not v.is_floating_point() or bool(torch.isfinite(v).all()))
-            for v in model.values()):
-        raise ValueError(f"checkpoint {path} holds non-finite or malformed network weights; "
-                         f"delete it to restart training")
-
-
-def _check_manifest(path: Path):
-    """If ``MANIFEST.json`` beside the file lists it, its sha256 must match."""
-    manifest = path.parent / "MANIFEST.json"
-    if not manifest.is_file():
-        return
-    try:
-        entry = json.loads(manifest.read_text(encoding="utf-8")).get("files", {}).get(path.name)
-    except (ValueError, AttributeError) as err:
-        raise ValueError(f"{manifest} is not valid JSON ({err}); restore it") from err
-    if not isinstance(entry, dict) or "sha256" not in entry:
-        return
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != entry["sha256"]:
-        raise ValueError(f"checkpoint {path} does not match the sha256 in {manifest} "
-                         f"({h.hexdigest()[:12]}... vs {entry['sha256'][:12]}...): the file is "
-                         f"corrupt or was replaced; restore it (git checkout) or re-export it")
-
-
-def _atomic_save(obj, path: Path):
-    if isinstance(obj, dict) and "ema" in obj:
-        obj = {**obj, "ema_sha256": _weights_sha256(obj["ema"])}
-    if isinstance(obj, dict) and all(k in obj for k in _RESUME_KEYS):
-        obj = {**obj, "resume_sha256": _tree_sha256({k: obj[k] for k in _RESUME_KEYS})}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _read_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for truncated/garbled files
-        raise ValueError(
-            f"checkpoint {path} is corrupt or not a torch file ({type(err).__name__}: {err}); delete it to retrain"
-        ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not a lemmse training checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
-    for key in ("config", "model_hparams", "ema", "history", "step"):
-        if key not in ckpt:
-            raise ValueError(f"checkpoint {path} is incomplete: missing {key!r}; delete it to retrain")
-    return ckpt
-
-
-def _config_from(ckpt: dict, path) -> TrainConfig:
-    try:
-        return TrainConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"checkpoint {path} holds an invalid config: {err}") from err
-
-
-def _check_same(config: TrainConfig, saved: TrainConfig, path):
-    a, b = config.identity(), saved.identity()
-    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields left out of identity()
-    diff = [f"{k}: requested {a.get(k, default[k])!r}, checkpoint {b.get(k, default[k])!r}"
-            for k in dict.fromkeys([*a, *b]) if a.get(k, default[k]) != b.get(k, default[k])]
-    if diff:
-        raise ValueError(f"checkpoint {path} was trained with another config ({'; '.join(diff)})")
-
-
-def _history_tensors(history: dict) -> dict:
-    return {
-        "loss": torch.tensor(history["loss"], dtype=torch.float32),
-        "lr": torch.tensor(history["lr"], dtype=torch.float64),
-    }
 
 
 def _build_model(config: TrainConfig, channels: int) -> SigmaNet:
@@ -615,46 +161,7 @@ def _training_data(config: TrainConfig, data, data_root) -> torch.Tensor:
     return data
 
 
-def data_fingerprint(data: torch.Tensor) -> str:
-    """sha256 of the training images as trained on (float32, C-contiguous, on the CPU) and their
-    shape: what a checkpoint records of its data (``"data_sha256"``), so that a checkpoint is
-    never returned for other images under the same config."""
-    x = data.detach().to("cpu", torch.float32).contiguous()
-    h = hashlib.sha256(json.dumps(list(x.shape)).encode())
-    h.update(x.numpy().tobytes())
-    return h.hexdigest()
-
-
-def _check_data(ckpt: dict, fingerprint: str, path) -> None:
-    saved = ckpt.get("data_sha256")
-    if saved is not None and saved != fingerprint:
-        raise ValueError(f"checkpoint {path} was trained on other images than the data given "
-                         f"(data fingerprint {saved[:12]}, data has {fingerprint[:12]}): pass the "
-                         f"images it was trained on, or another root= (or config: seed, n_train) "
-                         f"to train on these")
-
-
 # --------------------------------------------------------------------------- training
-
-
-def _compiled_forward(model: torch.nn.Module):
-    """``model``'s forward through ``torch.compile``; on the first call, when compiling fails,
-    one RuntimeWarning and the eager forward from then on (same arguments, same step)."""
-    compiled = torch.compile(model)
-    state = {"fn": compiled}
-
-    def forward(v, sigma):
-        if state["fn"] is compiled:
-            try:
-                return compiled(v, sigma)
-            except Exception as err:  # inductor raises many types (no compiler, unsupported op)
-                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err).strip()[:200]}); "
-                              f"training eagerly (same result, slower). compile=False silences this.",
-                              RuntimeWarning, stacklevel=3)
-                state["fn"] = model
-        return state["fn"](v, sigma)
-
-    return forward
 
 
 def train_model(
@@ -695,7 +202,7 @@ def train_model(
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    stop = config.steps if until_step is None else _as_int("until_step", until_step, 0)
+    stop = config.steps if until_step is None else check_int("until_step", until_step, 0)
     if stop > config.steps:
         raise ValueError(f"until_step must be <= config.steps ({config.steps}), got {stop}")
     device = resolve_device(config.device)
@@ -722,61 +229,18 @@ def train_model(
     )
     stream = _IndexStream(n, config.seed)
     noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    parts = {"model": model, "ema": ema, "optimizer": opt, "scheduler": sched}  # saved state dicts
     history = {"loss": [], "lr": []}
     step, elapsed = 0, 0.0
-
     if path is not None and path.exists():
-        ckpt = _read_checkpoint(path)
-        _check_same(config, _config_from(ckpt, path), path)
-        if "optimizer" not in ckpt:
-            raise ValueError(f"checkpoint {path} is an export (EMA weights only) and cannot be resumed")
-        _check_resume_state(ckpt, path)
-        _check_data(ckpt, fingerprint, path)
-        if tuple(ckpt.get("data_shape", image_shape)) != image_shape:
-            raise ValueError(f"checkpoint {path} was trained on images {ckpt['data_shape']}, data has {image_shape}")
-        step = int(ckpt["step"])
-        if step > stop:
-            raise ValueError(f"checkpoint {path} is at step {step}, past until_step={stop}")
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        stream.load_state_dict(ckpt["rng"]["data"])
-        if ckpt["rng"]["noise_device"] == device.type:
-            noise_gen.set_state(ckpt["rng"]["noise"])
-        else:
-            warnings.warn(
-                f"checkpoint {path} was written on {ckpt['rng']['noise_device']}, resuming on {device.type}: "
-                "the noise stream is re-seeded, so the run will not match an uninterrupted one bitwise",
-                stacklevel=2,
-            )
-            noise_gen.manual_seed(config.seed + 1 + step)
-        history = {k: [float(v) for v in ckpt["history"][k]] for k in ("loss", "lr")}
-        elapsed = float(ckpt.get("elapsed_s", 0.0))
+        step, history, elapsed = _resume_training(path, config, parts, stream, noise_gen,
+                                                  fingerprint=fingerprint, data_shape=image_shape,
+                                                  stop=stop)
 
     def save():
-        if path is None:
-            return
-        _atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": config.to_dict(),
-                "model_hparams": model.hparams,
-                "data_shape": list(image_shape),
-                "data_sha256": fingerprint,
-                "step": step,
-                "complete": step == config.steps,
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": {"data": stream.state_dict(), "noise": noise_gen.get_state(), "noise_device": device.type},
-                "history": _history_tensors(history),
-                "elapsed_s": elapsed,
-                "torch_version": str(torch.__version__),
-            },
-            path,
-        )
+        if path is not None:
+            _save_training(path, config, parts, stream, noise_gen, step=step, history=history,
+                           data_shape=image_shape, fingerprint=fingerprint, elapsed=elapsed)
 
     from tqdm.auto import tqdm
 
@@ -788,11 +252,11 @@ def train_model(
         unit="step",
         dynamic_ncols=True,
     )
-    forward = _compiled_forward(model) if config.compile else model
+    forward = compiled_forward(model) if config.compile else model
     pending = []  # losses of recent steps, still on the device
     log_every = 10
     model.train()
-    with _no_tf32(), bar:
+    with no_tf32(), bar:
         t_log = time.perf_counter()
         imgs_since = 0
         while step < stop:
@@ -862,7 +326,8 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     Returns
     -------
     tensor [B, C, H, W] on y's device and dtype (computed without gradients on the model's
-    device, in float32); [B, C, s H, s W] for super-resolution (``s`` of :data:`TASK_FACTORS`).
+    device, in float32); [B, C, s H, s W] for super-resolution (``s`` of
+    ``lemmse.tasks.TASK_FACTORS``).
 
     Raises
     ------
@@ -912,50 +377,6 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
                                f"it overflows {y.dtype}; pass y in float32")
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_path(config: TrainConfig, root: Union[str, os.PathLike] = "checkpoints") -> Path:
-    """Where :func:`train_or_load` keeps the checkpoint of ``config``: ``root / config.filename()``."""
-    return Path(root) / config.filename()
-
-
-def load_checkpoint(path, device="cpu"):
-    """Load a checkpoint (full or exported) written by this module.
-
-    Returns
-    -------
-    model : SigmaNet
-        The EMA weights, float32, eval mode, on ``device``; ``model.train_config`` holds the
-        config.
-    config : TrainConfig
-    history : dict
-        1-D tensors ``loss`` and ``lr`` per step.
-
-    Raises
-    ------
-    FileNotFoundError
-        No file at ``path``.
-    ValueError
-        Corrupt file, not a lemmse checkpoint, or weights that do not fit the recorded model.
-    """
-    ckpt = _read_checkpoint(path)
-    _check_manifest(Path(path))
-    _check_weights(ckpt, path)
-    config = _config_from(ckpt, path)
-    try:
-        model = make_model(**ckpt["model_hparams"])
-        state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
-        model.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"checkpoint {path} does not hold weights for {ckpt['model_hparams']}: {err}") from err
-    model = model.to(resolve_device(device) if isinstance(device, str) else device).eval()
-    model.requires_grad_(False)
-    model.train_config = config
-    history = {k: torch.as_tensor(ckpt["history"][k]) for k in ("loss", "lr")}
-    return model, config, history
-
-
 def train_or_load(
     config: TrainConfig,
     root: Union[str, os.PathLike] = "checkpoints",
@@ -1000,42 +421,3 @@ def train_or_load(
     model.train_config = config
     return model
 
-
-def export_checkpoint(src, dst, half: bool = True) -> Path:
-    """Write a small checkpoint with only the EMA weights (fp16 if ``half``), config and history.
-
-    The result loads with :func:`load_checkpoint` (weights cast back to float32) but cannot be
-    resumed. For committing trained networks: the EMA of a 4 M-parameter network is 8 MB in fp16.
-    Raises ValueError if training was not finished or a weight overflows fp16.
-    """
-    src, dst = Path(src), Path(dst)
-    ckpt = _read_checkpoint(src)
-    _check_weights(ckpt, src)  # never write a fresh hash over corrupt weights
-    config = _config_from(ckpt, src)
-    if int(ckpt["step"]) != config.steps:
-        raise ValueError(f"checkpoint {src} is unfinished (step {ckpt['step']} of {config.steps}); finish training first")
-    ema = {}
-    for k, v in ckpt["ema"].items():
-        if half and v.is_floating_point():
-            h = v.half()
-            if not torch.isfinite(h).all():
-                raise ValueError(f"weight {k} of {src} overflows float16; export with half=False")
-            v = h
-        ema[k] = v
-    out = {
-        "format": CHECKPOINT_FORMAT,
-        "config": ckpt["config"],
-        "model_hparams": ckpt["model_hparams"],
-        "data_shape": ckpt.get("data_shape"),
-        "data_sha256": ckpt.get("data_sha256"),
-        "step": ckpt["step"],
-        "complete": True,
-        "exported": True,
-        "half": bool(half),
-        "ema": ema,
-        "history": {"loss": ckpt["history"]["loss"].float(), "lr": ckpt["history"]["lr"].float()},
-        "elapsed_s": ckpt.get("elapsed_s", 0.0),
-        "torch_version": str(torch.__version__),
-    }
-    _atomic_save(out, dst)
-    return dst

@@ -1,0 +1,95 @@
+"""Runtime glue shared by training and the estimators: the device, the allocator, TF32.
+
+- :func:`resolve_device`: "auto" -> CUDA when available, else the CPU; other device strings
+  checked (book chapter 8, the ``device`` field of :class:`lemmse.train.TrainConfig`).
+- :func:`tune_allocator`: glibc's ``mallopt`` so that large CPU activations are not fresh
+  ``mmap`` s (process-wide; the command line and ``benchmarks/bench_train.py`` call it).
+- :func:`no_tf32`: TF32 off for CUDA matrix products and convolutions inside a block, so that
+  float32 on a GPU means float32 (book chapter 7 on why the engine never uses TF32; also the
+  training loop).
+- :func:`compiled_forward`: a network's forward through ``torch.compile``, falling back to the
+  eager forward with one warning where compilation fails (``TrainConfig(compile=True)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+__all__ = ["resolve_device", "tune_allocator", "no_tf32", "compiled_forward"]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; other strings are checked (CUDA present?)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device must be 'auto' or a torch device string, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def tune_allocator(threshold: int = 1 << 30) -> bool:
+    """Keep large CPU buffers in glibc's heap instead of fresh ``mmap`` s (process-wide).
+
+    On this project's CPU machine each fresh multi-MB activation costs page faults, which made
+    CPU training 2–4× slower. Sets ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` with
+    ``mallopt``; the process then keeps its peak memory. Called by the command line and the
+    benchmark, never implicitly by the library. Returns False where glibc is not available.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, int(threshold)) == 1  # M_MMAP_THRESHOLD
+        ok = libc.mallopt(-1, int(threshold) * 2) == 1 and ok  # M_TRIM_THRESHOLD
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """TF32 off for CUDA matmuls and convolutions for the duration of the block (restored
+    afterwards); the deprecation warnings some torch versions give on setting the flags are
+    silenced."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def compiled_forward(model: torch.nn.Module):
+    """``model``'s forward through ``torch.compile``; on the first call, when compiling fails,
+    one RuntimeWarning and the eager forward from then on (same arguments, same step).
+
+    For the training loop (``TrainConfig(compile=True)``): the warning points at the caller of
+    the function that calls the returned forward (``stacklevel=3``).
+    """
+    compiled = torch.compile(model)
+    state = {"fn": compiled}
+
+    def forward(v, sigma):
+        if state["fn"] is compiled:
+            try:
+                return compiled(v, sigma)
+            except Exception as err:  # inductor raises many types (no compiler, unsupported op)
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err).strip()[:200]}); "
+                              f"training eagerly (same result, slower). compile=False silences this.",
+                              RuntimeWarning, stacklevel=3)
+                state["fn"] = model
+        return state["fn"](v, sigma)
+
+    return forward
