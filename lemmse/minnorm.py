@@ -1,4 +1,4 @@
-"""Minimum-norm shallow ReLU denoisers and the empirical MMSE of a point set (book chapter 13).
+"""Minimum-norm shallow ReLU denoisers and the empirical MMSE of a point set (book/13_minnorm.md).
 
 A one-hidden-layer ReLU denoiser of ``d``-dimensional inputs,
 
