@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lemmse.blur import Blur, _CircularFilter
 from lemmse._operator import Operator, _check_image
+from lemmse.blur import Blur, _CircularFilter
 
 if TYPE_CHECKING:
     from lemmse.operators import Inpainting
