@@ -1,4 +1,10 @@
-"""Image-quality metrics: ``psnr`` and the spectral similarity ``fsds``."""
+"""Image-quality metrics: ``psnr`` and the spectral similarity ``fsds``.
+
+:func:`psnr` is the peak signal-to-noise ratio per image, first used in book chapter 1
+(``book/01_inverse_problems.md``); :func:`fsds`, the phase-sensitive spectral similarity of
+Deng et al. (ICML 2024), is used in the chapter on super-resolution
+(``book/15_superresolution.md``).
+"""
 
 from __future__ import annotations
 

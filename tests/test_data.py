@@ -176,7 +176,7 @@ def test_ffhq32_split_convention(fake, monkeypatch):
     root, a = fake
     with pytest.raises(ValueError, match=r"no FFHQ-32 test images .*first 50,000 sorted files.*only 4 files"):
         load_ffhq32("test", root=root)
-    monkeypatch.setattr(data, "FFHQ_TRAIN_SIZE", 3)
+    monkeypatch.setattr(data.ffhq32, "FFHQ_TRAIN_SIZE", 3)
     assert torch.equal(load_ffhq32("train", root=root), as_float(a["ffhq"][:3]))
     assert torch.equal(load_ffhq32("test", root=root), as_float(a["ffhq"][3:]))
 
@@ -474,7 +474,7 @@ def test_download_cifar10(fake, tmp_path_factory, monkeypatch):
     _, a = fake
     root = tmp_path_factory.mktemp("dl")
     archive = cifar_archive(a)
-    monkeypatch.setattr(data, "CIFAR10_MD5", md5(archive))
+    monkeypatch.setattr(data.cifar10, "CIFAR10_MD5", md5(archive))
     calls = serve(monkeypatch, {data.CIFAR10_URL: archive})
     x = load_cifar10("test", root=root, download=True)
     assert calls == [data.CIFAR10_URL]

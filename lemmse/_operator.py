@@ -1,0 +1,150 @@
+"""The base class of the forward operators, and the input checks every operator shares.
+
+:class:`Operator` states the forward model of the book,
+
+    y = A x + sigma * e,    e ~ N(0, I),
+
+for images ``x`` of shape ``[B, C, H, W]`` (float, pixel values in [0, 1]): subclasses give
+``A`` and ``A_adjoint``, :meth:`Operator.measure` draws ``y``.
+The private checks here (an image tensor, σ per image, an image shape) are shared by the
+operators (:mod:`lemmse.operators`) and the pre-inverses (:mod:`lemmse.preinverses`).
+Import :class:`Operator` from :mod:`lemmse.operators` or :mod:`lemmse`.
+See book chapter 1 (``book/01_inverse_problems.md``) for the setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lemmse._validate import check_finite_output
+
+__all__ = ["Operator"]
+
+
+def _check_image(x, name: str = "x") -> torch.Tensor:
+    """Check that ``x`` is a floating-point tensor of shape [B, C, H, W]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [B, C, H, W], got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have 4 dimensions [B, C, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a real floating-point dtype, got {x.dtype}")
+    return x
+
+
+def _sigma_per_image(sigma, batch: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Turn ``sigma`` (a float or one value per image) into a [batch, 1, 1, 1] tensor.
+
+    Raises ValueError naming ``sigma`` if a value is not positive and finite, or if the
+    number of values is not ``batch``.
+    """
+    from lemmse._validate import screen_sigma
+
+    if isinstance(sigma, bool):
+        raise TypeError(f"sigma must be a float or one value per image, got {sigma!r}")
+    sigma = screen_sigma(sigma)  # bool / complex / text values inside sequences and arrays
+    if isinstance(sigma, torch.Tensor):
+        s = sigma.detach().to(device="cpu", dtype=torch.float64)
+    elif isinstance(sigma, (int, float)):
+        s = torch.tensor(float(sigma), dtype=torch.float64)
+    elif isinstance(sigma, Sequence) or hasattr(sigma, "__array__"):
+        try:
+            s = torch.as_tensor(sigma, dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"sigma must be a float or a 1-D sequence of floats, got {sigma!r}") from err
+    else:
+        raise TypeError(f"sigma must be a float or one value per image, got {type(sigma).__name__}")
+    if s.ndim > 1:
+        raise ValueError(f"sigma must be a float or a 1-D tensor/sequence, got shape {tuple(s.shape)}")
+    if s.ndim == 1 and s.numel() != batch:
+        raise ValueError(f"sigma must have one value per image (length {batch}), got length {s.numel()}")
+    if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+        raise ValueError(f"sigma must be positive and finite, got {s.tolist()}")
+    s = s.expand(batch) if s.ndim == 1 else s.reshape(1).expand(batch)
+    return s.to(device=device, dtype=dtype).reshape(batch, 1, 1, 1)
+
+
+def _parse_image_shape(image_shape) -> tuple[int, int, int]:
+    """Return (C, H, W) from ``image_shape`` given as (C, H, W) or (H, W) (C = 1)."""
+    try:
+        dims = tuple(int(d) for d in image_shape)
+        ok = all(int(d) == d for d in image_shape)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"image_shape must be (C, H, W) or (H, W) of ints, got {image_shape!r}") from err
+    if not ok or len(dims) not in (2, 3) or min(dims) < 1:
+        raise ValueError(f"image_shape must be (C, H, W) or (H, W) of positive ints, got {image_shape!r}")
+    return (1,) + dims if len(dims) == 2 else dims
+
+
+class Operator:
+    r"""Base class of the linear forward operators A.
+
+    Subclasses implement :meth:`A` and :meth:`A_adjoint`; :meth:`measure` draws
+    ``y = A x + sigma * e`` with ``e ~ N(0, I)``.
+    All tensors are ``[B, C, H, W]`` (any real float dtype, any device); the boundary is
+    circular.
+    See book chapter 1 (``book/01_inverse_problems.md``).
+
+    Attributes
+    ----------
+    name : str
+        ``"denoising"``, ``"inpainting"`` or ``"blur"``.
+    """
+
+    name: str = "operator"
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the forward operator, ``A x``; x of shape [B, C, H, W]."""
+        raise NotImplementedError
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply the adjoint, ``A^T y``; y of shape [B, C, H, W]."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`A`."""
+        return self.A(x)
+
+    def measure(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""Draw a noisy measurement :math:`y = A x + \sigma e`, :math:`e \sim N(0, I)`.
+
+        The noise is added to the whole measurement (inside an inpainting hole too).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Images, shape [B, C, H, W], real float dtype.
+        sigma : float or sequence or torch.Tensor
+            Noise standard deviation: one float for all images, or a 1-D tensor/sequence
+            with one positive value per image (broadcast over C, H, W).
+        generator : torch.Generator, optional
+            Source of the noise (``torch.randn(..., generator=generator)`` on x's device
+            and dtype); it must live on x's device.
+
+        Returns
+        -------
+        torch.Tensor
+            y, shape [B, C, H, W], dtype and device of x.
+        """
+        _check_image(x)
+        if x.is_complex() or not bool(torch.isfinite(x).all()):
+            raise ValueError("x must hold real, finite values: it contains NaN or Inf "
+                             f"({int((~torch.isfinite(x)).sum())} of {x.numel()} entries)")
+        s = _sigma_per_image(sigma, x.shape[0], x.dtype, x.device)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got "
+                            f"{type(generator).__name__} (make one with "
+                            f"torch.Generator().manual_seed(seed))")
+        if generator is not None and generator.device.type != x.device.type:
+            raise ValueError(f"generator is on {generator.device}, but x is on {x.device}")
+        y = self.A(x)
+        e = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+        return check_finite_output(
+            y + s * e, "the measurement y", lambda:
+            f"x (|x| up to {float(x.abs().max()):.3g}) or sigma (up to {float(s.max()):.3g}) "
+            f"overflows {x.dtype}; images should be in [0, 1] (or use float64)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
