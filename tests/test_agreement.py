@@ -186,7 +186,7 @@ def test_csv_roundtrip_and_merge(tmp_path):
 
 
 def test_noise_does_not_depend_on_n_images():
-    from lemmse.experiments import _measure
+    from lemmse.experiments.evaluation import _measure
     from lemmse.operators import Denoising
 
     x = torch.rand(4, 1, 8, 8)
