@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lemmse.estimators import _PatchAttention, extract_patches
+from lemmse.estimators import _PatchAttention
+from lemmse.patches import extract_patches
 
 __all__ = ["PixelWeights", "pixel_weights"]
 

@@ -49,13 +49,13 @@ import numbers
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from lemmse._native import load_slide_kernel
 from lemmse._validate import bound_topk, check_topk
 from lemmse.engine import DEFAULT_MEMORY_BUDGET, LOG2E, KeyChunk, StreamingAttention, no_tf32
 from lemmse.operators import Denoising, Operator, SuperResolution
 from lemmse.operators import preinverse as make_preinverse
+from lemmse.patches import PatchGeometry, extract_patches, pattern_groups, unfold, whitening
 
 _CHUNK_BYTES = 64 << 20
 #: Shift groups of the sliding-window kernel (independent online-softmax states, merged at the
@@ -69,34 +69,6 @@ __all__ = ["MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extra
 
 
 # ---------------------------------------------------------------------------- helpers
-def extract_patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Circular ``P × P`` patches around every pixel.
-
-    Parameters
-    ----------
-    x : Tensor ``[N, C, H, W]``
-    patch_size : int
-        Odd ``P <= min(H, W)``.
-
-    Returns
-    -------
-    Tensor ``[N, H*W, C*P*P]``
-        Row ``i = h*W + w`` is the patch centred at pixel ``(h, w)``, flattened in
-        ``(channel, row, column)`` order.
-    """
-    return _unfold(x, patch_size).transpose(1, 2)
-
-
-def _unfold(x, P):
-    """``F.unfold`` of the circularly padded image, ``[N, C*P*P, H*W]``, as one strided copy."""
-    N, C, H, W = x.shape
-    r = P // 2
-    xp = F.pad(x, (r, r, r, r), mode="circular") if r > 0 else x
-    s = xp.stride()
-    view = xp.as_strided((N, C, P, P, H, W), (s[0], s[1], s[2], s[3], s[2], s[3]))
-    return view.reshape(N, C * P * P, H * W)
-
-
 @contextlib.contextmanager
 def _single_thread():
     """Run memory-bound torch ops on one thread: with two OpenMP threads on a busy 2-core
@@ -330,59 +302,28 @@ class _PatchAttention(_Estimator):
                              f"got {patch_size}")
         self.patch_size = int(patch_size)
         self.D = self.C * patch_size ** 2
-        self._whiten = self._whitening()  # float64 L^-T or None
-        self._gid = self._position_groups()  # [H*W] group id of each position, or None
+        P = self.patch_size
+        self.geometry = PatchGeometry(self.C, self.H, self.W, P,
+                                      whitening(self.B, self.C, self.H, self.W, P, self.device),
+                                      self._position_groups())
 
-    # --- physics-aware machinery -------------------------------------------------------
-    def _whitening(self):
-        """``L⁻ᵀ`` (so that patches @ it are whitened) for a stationary pre-inverse, else None."""
-        if not self.B.is_filter:
-            return None
-        H, W, P = self.H, self.W, self.patch_size
-        bhat = self.B.transfer(H, W, torch.float64, "cpu")
-        r = torch.fft.ifft2(bhat.abs() ** 2).real  # autocorrelation of the filter
-        a = torch.arange(P)
-        dh = (a[:, None, None, None] - a[None, None, :, None]) % H
-        dw = (a[None, :, None, None] - a[None, None, None, :]) % W
-        S = r[dh, dw].reshape(P * P, P * P)
-        S = torch.kron(torch.eye(self.C, dtype=torch.float64), S)
-        L = torch.linalg.cholesky(S)
-        Linv = torch.linalg.solve_triangular(L, torch.eye(S.shape[0], dtype=torch.float64),
-                                             upper=False)
-        return Linv.T.to(self.device).contiguous()
+    @property
+    def _whiten(self):  # float64 L^-T or None
+        return self.geometry.whiten
 
-    def _mask_patterns(self):
-        mask = self.B.mask
-        if mask is None:
-            return None
-        m = mask.to(torch.float64).expand(1, self.C, self.H, self.W)
-        return extract_patches(m, self.patch_size)[0]  # [H*W, D]
+    @property
+    def _gid(self):  # [H*W] group id of each position, or None
+        return self.geometry.gid
 
     def _position_groups(self):
         raise NotImplementedError
 
     def _patches(self, v):
-        if self._whiten is None:
-            return extract_patches(v, self.patch_size)
-        return (extract_patches(v.double(), self.patch_size) @ self._whiten).to(self.dtype)
-
-    # --- layout --------------------------------------------------------------------------
-    def _layout(self):
-        """Position order (sorted by group) and per-group position offsets."""
-        HW = self.H * self.W
-        if self._gid is None:
-            return None, None
-        order = torch.argsort(self._gid, stable=True)
-        counts = torch.bincount(self._gid, minlength=int(self._gid.max()) + 1)
-        counts = counts[counts > 0]
-        ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
-        ptr[1:] = torch.cumsum(counts, 0)
-        assert int(ptr[-1]) == HW
-        return order, ptr
+        return self.geometry.patches(v)
 
     def _run(self, y, s, track=False, topk=8, with_lse=False):
         Bn, HW, C = y.shape[0], self.H * self.W, self._value_channels()
-        order, pos_ptr = self._layout()
+        order, pos_ptr = self.geometry.layout()
         q = self._patches(self._query_images(y))  # [B, HW, D]
         sig = s[:, None].expand(Bn, HW)
         if order is None:
@@ -452,7 +393,7 @@ class _PatchAttention(_Estimator):
     def _packed_chunk(self, x, values):
         Nc, C, D, HW = x.shape[0], values.shape[1], self.D, self.H * self.W
         with _single_thread():
-            u = _unfold(self._keys_images(x), self.patch_size)  # [Nc, D, HW]
+            u = unfold(self._keys_images(x), self.patch_size)  # [Nc, D, HW]
         if self._whiten is not None:  # float64 GEMM, on all threads (measured: 40 % of a CIFAR call on one)
             u = (self._whiten.T @ u.double()).to(self.dtype)
         with _single_thread():
@@ -493,8 +434,6 @@ class _PatchAttention(_Estimator):
             twin.dtype = torch.float64
             twin.backend = "torch"
             twin.algorithm = "attention"
-            if self._whiten is not None:
-                twin._whiten = self._whiten.double()
             self._twin64 = twin
         return twin
 
@@ -578,11 +517,7 @@ class _PatchAttention(_Estimator):
 
     def _n_keys(self):
         """Number of admissible keys of each query position ``[H*W]`` (int64)."""
-        HW = self.H * self.W
-        if self._gid is None:
-            return torch.full((HW,), self.N * HW, dtype=torch.int64)
-        counts = torch.bincount(self._gid, minlength=int(self._gid.max()) + 1)
-        return self.N * counts[self._gid]
+        return self.geometry.n_keys(self.N)
 
     def _x_lse(self, y, s):
         """``(x_hat, lse)``: the estimate and the natural-log log-sum-exp of the logits."""
@@ -783,13 +718,7 @@ class LEMMSE(_PatchAttention):
         return r[:-1] + f", group={self.group!r}, group_weight={self.group_weight:g})"
 
     def _position_groups(self):
-        pat = self._mask_patterns()
-        if pat is None:
-            return None
-        _, gid = torch.unique(pat, dim=0, return_inverse=True)
-        if int(gid.max()) == 0:
-            return None
-        return gid.to(torch.int64).cpu()
+        return pattern_groups(self.B, self.C, self.H, self.W, self.patch_size)
 
     def _slide_shifts(self):
         if not hasattr(self, "_shifts_cache"):
