@@ -136,3 +136,33 @@ class PatchGeometry:
             return torch.full((HW,), N * HW, dtype=torch.int64)
         counts = torch.bincount(self.gid, minlength=int(self.gid.max()) + 1)
         return N * counts[self.gid]
+
+
+@dataclass
+class PatchProblem:
+    """A patch-attention problem, as an estimator describes it (chapter 5):
+    ``x̂[i] = Σ_{admissible (n, j)} softmax_{n,j}(-‖Π_i q - Π_j k_n‖²/2σ²) v_n[j]``.
+
+    Attributes
+    ----------
+    geometry : PatchGeometry
+        Patch size, whitening (the metric) and admissibility groups.
+    train : Tensor ``[N, C, H, W]``
+        The clean training images the keys are made from.
+    values : Tensor ``[N, Cv, H, W]``
+        The value of every key, on the key grid (the centre pixels: ``train`` itself; the HR
+        blocks for super-resolution).
+    queries : callable
+        ``y [B, C, H, W]`` → the query images (pre-inverted, centred).
+    keys : callable
+        Training images ``x`` → the key images (measured, pre-inverted, centred).
+    check : callable
+        ``(y, sigma)`` → ``(y, σ [B])`` validated for the estimator.
+    """
+
+    geometry: PatchGeometry
+    train: torch.Tensor
+    values: torch.Tensor
+    queries: object
+    keys: object
+    check: object
