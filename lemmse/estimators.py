@@ -46,16 +46,17 @@ import contextlib
 import copy
 import math
 import numbers
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from lemmse._native import load_slide_kernel
 from lemmse._validate import bound_topk, check_topk
 from lemmse.engine import DEFAULT_MEMORY_BUDGET, LOG2E, KeyChunk, StreamingAttention, no_tf32
 from lemmse.operators import Denoising, Operator, SuperResolution
 from lemmse.operators import preinverse as make_preinverse
+from lemmse.patches import (PatchGeometry, PatchProblem, extract_patches, pattern_groups, unfold,
+                            whitening)
+from lemmse.posterior import Posterior, decode_ids, gaussian_log_density, image_posterior
 
 _CHUNK_BYTES = 64 << 20
 #: Shift groups of the sliding-window kernel (independent online-softmax states, merged at the
@@ -69,34 +70,6 @@ __all__ = ["MMSE", "EquivariantMMSE", "LocalMMSE", "LEMMSE", "Posterior", "extra
 
 
 # ---------------------------------------------------------------------------- helpers
-def extract_patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Circular ``P × P`` patches around every pixel.
-
-    Parameters
-    ----------
-    x : Tensor ``[N, C, H, W]``
-    patch_size : int
-        Odd ``P <= min(H, W)``.
-
-    Returns
-    -------
-    Tensor ``[N, H*W, C*P*P]``
-        Row ``i = h*W + w`` is the patch centred at pixel ``(h, w)``, flattened in
-        ``(channel, row, column)`` order.
-    """
-    return _unfold(x, patch_size).transpose(1, 2)
-
-
-def _unfold(x, P):
-    """``F.unfold`` of the circularly padded image, ``[N, C*P*P, H*W]``, as one strided copy."""
-    N, C, H, W = x.shape
-    r = P // 2
-    xp = F.pad(x, (r, r, r, r), mode="circular") if r > 0 else x
-    s = xp.stride()
-    view = xp.as_strided((N, C, P, P, H, W), (s[0], s[1], s[2], s[3], s[2], s[3]))
-    return view.reshape(N, C * P * P, H * W)
-
-
 @contextlib.contextmanager
 def _single_thread():
     """Run memory-bound torch ops on one thread: with two OpenMP threads on a busy 2-core
@@ -107,49 +80,6 @@ def _single_thread():
         yield
     finally:
         torch.set_num_threads(n)
-
-
-@dataclass
-class Posterior:
-    """Estimate and diagnostics of the weights behind every output pixel (chapter 5).
-
-    Attributes
-    ----------
-    x_hat : Tensor ``[B, C, H, W]``
-        The float tensors have the estimator's dtype; the diagnostics are accumulated in
-        float64 internally.
-    log_density : Tensor ``[B, H, W]``
-        ``log( (1/K) Σ_k N(q; k, σ² I_D) )``: the log of the Gaussian-smoothed empirical density
-        of the ``K`` admissible measured training patches at the query patch ``q`` (whitened
-        coordinates for the physics-aware blur).
-    n50 : Tensor ``[B, H, W]`` (int64)
-        Smallest number of largest weights whose sum reaches 0.5.
-    participation : Tensor ``[B, H, W]``
-        Participation ratio ``1 / Σ_k w_k²`` (effective number of patches).
-    topk_weights : Tensor ``[B, H, W, k]``
-        The ``k`` largest normalised weights, in decreasing order.
-    topk_image : Tensor ``[B, H, W, k]`` (int64)
-        Training image index of each of those weights.
-    topk_position : Tensor ``[B, H, W, k, 2]`` (int64)
-        ``(row, column)`` of the centre of the source patch (``(0, 0)`` for the MMSE; for the
-        equivariant MMSE the shift by which the training image is rolled).
-    """
-
-    x_hat: torch.Tensor
-    log_density: torch.Tensor
-    n50: torch.Tensor
-    participation: torch.Tensor
-    topk_weights: torch.Tensor
-    topk_image: torch.Tensor
-    topk_position: torch.Tensor
-
-
-def _image_posterior(x_hat, *per_image, H, W):
-    """A :class:`Posterior` whose per-pixel fields are one value per image (the global MMSE and
-    E-MMSE): each ``[B, ...]`` diagnostic expanded to ``[B, H, W, ...]``."""
-    def field(t):
-        return t.view(t.shape[0], 1, 1, *t.shape[1:]).expand(t.shape[0], H, W, *t.shape[1:])
-    return Posterior(x_hat, *(field(t) for t in per_image))
 
 
 def _check_images(x, name, *, dtype=None, shape=None, device=None):
@@ -260,14 +190,15 @@ class _Estimator:
 
     # measured, pre-inverted, centred training images.  An inverse filter amplifies the
     # round-off of an fp32 FFT by up to 1/|k̂|, so pre-inverses are applied in float64.
-    def _keys_images(self, x):
-        if self.B.needs_float64:
-            return (self.B(self.operator.A(x.double())) - self._offset).to(self.dtype)
+    # ``dtype=torch.float64``: computed and returned in float64 (the exact diagnostics).
+    def _keys_images(self, x, dtype=None):
+        if self.B.needs_float64 or dtype == torch.float64:
+            return (self.B(self.operator.A(x.double())) - self._offset).to(dtype or self.dtype)
         return self.B(self.operator.A(x)) - self._offset
 
-    def _query_images(self, y):
-        if self.B.needs_float64:
-            return (self.B(y.double()) - self._offset).to(self.dtype)
+    def _query_images(self, y, dtype=None):
+        if self.B.needs_float64 or dtype == torch.float64:
+            return (self.B(y.double()) - self._offset).to(dtype or self.dtype)
         return self.B(y) - self._offset
 
     def _prepare(self, y, sigma):
@@ -297,6 +228,32 @@ class _Estimator:
         y, s = self._prepare(y, sigma)
         with torch.no_grad(), no_tf32():
             return self._estimate(y, s)
+
+    def posterior(self, y, sigma, topk=8):
+        """Estimate plus the diagnostics of the weights (see :class:`Posterior`).
+
+        Two passes over the training set on the torch back-end (slower than a call).  For the
+        :class:`MMSE` and :class:`EquivariantMMSE` the per-pixel fields are constant over the
+        image; for the latter ``topk_image`` is the training image ``n`` and ``topk_position``
+        the shift ``g = (rows, columns)`` by which it is rolled (down and right), in float64.
+
+        Parameters
+        ----------
+        y : Tensor ``[B, C, H, W]``
+        sigma : float or sequence/Tensor ``[B]``
+        topk : int
+            Number of largest weights reported per pixel.
+
+        Returns
+        -------
+        Posterior
+        """
+        topk = check_topk(topk)
+        y, s = self._prepare(y, sigma)
+        n_keys, n_queries = self._posterior_size(y.shape[0])
+        topk = bound_topk(topk, n_keys, n_queries, self.memory_budget)
+        with torch.no_grad(), no_tf32():
+            return self._posterior(y, s, int(topk))
 
     def __repr__(self):
         extra = f", patch_size={self.patch_size}" if hasattr(self, "patch_size") else ""
@@ -330,59 +287,28 @@ class _PatchAttention(_Estimator):
                              f"got {patch_size}")
         self.patch_size = int(patch_size)
         self.D = self.C * patch_size ** 2
-        self._whiten = self._whitening()  # float64 L^-T or None
-        self._gid = self._position_groups()  # [H*W] group id of each position, or None
+        P = self.patch_size
+        self.geometry = PatchGeometry(self.C, self.H, self.W, P,
+                                      whitening(self.B, self.C, self.H, self.W, P, self.device),
+                                      self._position_groups())
 
-    # --- physics-aware machinery -------------------------------------------------------
-    def _whitening(self):
-        """``L⁻ᵀ`` (so that patches @ it are whitened) for a stationary pre-inverse, else None."""
-        if not self.B.is_filter:
-            return None
-        H, W, P = self.H, self.W, self.patch_size
-        bhat = self.B.transfer(H, W, torch.float64, "cpu")
-        r = torch.fft.ifft2(bhat.abs() ** 2).real  # autocorrelation of the filter
-        a = torch.arange(P)
-        dh = (a[:, None, None, None] - a[None, None, :, None]) % H
-        dw = (a[None, :, None, None] - a[None, None, None, :]) % W
-        S = r[dh, dw].reshape(P * P, P * P)
-        S = torch.kron(torch.eye(self.C, dtype=torch.float64), S)
-        L = torch.linalg.cholesky(S)
-        Linv = torch.linalg.solve_triangular(L, torch.eye(S.shape[0], dtype=torch.float64),
-                                             upper=False)
-        return Linv.T.to(self.device).contiguous()
+    @property
+    def _whiten(self):  # float64 L^-T or None
+        return self.geometry.whiten
 
-    def _mask_patterns(self):
-        mask = self.B.mask
-        if mask is None:
-            return None
-        m = mask.to(torch.float64).expand(1, self.C, self.H, self.W)
-        return extract_patches(m, self.patch_size)[0]  # [H*W, D]
+    @property
+    def _gid(self):  # [H*W] group id of each position, or None
+        return self.geometry.gid
 
     def _position_groups(self):
         raise NotImplementedError
 
     def _patches(self, v):
-        if self._whiten is None:
-            return extract_patches(v, self.patch_size)
-        return (extract_patches(v.double(), self.patch_size) @ self._whiten).to(self.dtype)
-
-    # --- layout --------------------------------------------------------------------------
-    def _layout(self):
-        """Position order (sorted by group) and per-group position offsets."""
-        HW = self.H * self.W
-        if self._gid is None:
-            return None, None
-        order = torch.argsort(self._gid, stable=True)
-        counts = torch.bincount(self._gid, minlength=int(self._gid.max()) + 1)
-        counts = counts[counts > 0]
-        ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
-        ptr[1:] = torch.cumsum(counts, 0)
-        assert int(ptr[-1]) == HW
-        return order, ptr
+        return self.geometry.patches(v)
 
     def _run(self, y, s, track=False, topk=8, with_lse=False):
         Bn, HW, C = y.shape[0], self.H * self.W, self._value_channels()
-        order, pos_ptr = self._layout()
+        order, pos_ptr = self.geometry.layout()
         q = self._patches(self._query_images(y))  # [B, HW, D]
         sig = s[:, None].expand(Bn, HW)
         if order is None:
@@ -452,7 +378,7 @@ class _PatchAttention(_Estimator):
     def _packed_chunk(self, x, values):
         Nc, C, D, HW = x.shape[0], values.shape[1], self.D, self.H * self.W
         with _single_thread():
-            u = _unfold(self._keys_images(x), self.patch_size)  # [Nc, D, HW]
+            u = unfold(self._keys_images(x), self.patch_size)  # [Nc, D, HW]
         if self._whiten is not None:  # float64 GEMM, on all threads (measured: 40 % of a CIFAR call on one)
             u = (self._whiten.T @ u.double()).to(self.dtype)
         with _single_thread():
@@ -493,8 +419,6 @@ class _PatchAttention(_Estimator):
             twin.dtype = torch.float64
             twin.backend = "torch"
             twin.algorithm = "attention"
-            if self._whiten is not None:
-                twin._whiten = self._whiten.double()
             self._twin64 = twin
         return twin
 
@@ -578,11 +502,7 @@ class _PatchAttention(_Estimator):
 
     def _n_keys(self):
         """Number of admissible keys of each query position ``[H*W]`` (int64)."""
-        HW = self.H * self.W
-        if self._gid is None:
-            return torch.full((HW,), self.N * HW, dtype=torch.int64)
-        counts = torch.bincount(self._gid, minlength=int(self._gid.max()) + 1)
-        return self.N * counts[self._gid]
+        return self.geometry.n_keys(self.N)
 
     def _x_lse(self, y, s):
         """``(x_hat, lse)``: the estimate and the natural-log log-sum-exp of the logits."""
@@ -624,49 +544,45 @@ class _PatchAttention(_Estimator):
         y, s = self._prepare(y, sigma)
         with torch.no_grad(), no_tf32():
             lse, K = self._lse_and_keys(y, s)
-            Bn = y.shape[0]
-            sq = s.double()[:, None]
-            logdens = lse - torch.log(K) - 0.5 * self.D * torch.log(2 * math.pi * sq ** 2)
-        return logdens.view(Bn, self.H, self.W).to(self.dtype)
+            logdens = gaussian_log_density(lse, K, self.D, s.double()[:, None])
+        return logdens.view(y.shape[0], self.H, self.W).to(self.dtype)
 
-    def posterior(self, y, sigma, topk=8):
-        """Estimate plus the diagnostics of the weights (see :class:`Posterior`).
+    def problem(self, dtype=None):
+        """The patch-attention problem this estimator describes (see
+        :class:`lemmse.patches.PatchProblem`): its geometry, training images, values, and the
+        maps to query and key images, in ``dtype`` (default: the estimator's; ``torch.float64``
+        for exact diagnostics such as :func:`lemmse.pixel_weights`)."""
+        return PatchProblem(self.geometry, self.train, self._value_images(0, self.N, self.train),
+                            lambda y: self._query_images(y, dtype),
+                            lambda x: self._keys_images(x, dtype), self._prepare)
 
-        Uses the torch back-end and two passes over the training set (slower than a call).
-        """
-        topk = check_topk(topk)
-        y, s = self._prepare(y, sigma)
-        topk = bound_topk(topk, int(self._n_keys().max()), y.shape[0] * self.H * self.W,
-                          self.memory_budget)
-        with torch.no_grad(), no_tf32():
-            _, lse, att, unsort = self._run(y, s, track=True, topk=int(topk))
-            x_hat = self._estimate(y, s)  # the estimate exactly as a call computes it
-            Bn, H, W = y.shape[0], self.H, self.W
-            HW = H * W
-            d = att.diagnostics()
-            K = att.n_keys.to(self.dtype).to(self.device)
-            sq = s[:, None].expand(Bn, HW)
-            if unsort is None:
-                K = K.view(Bn, HW)
-            else:
-                K = K.view(HW, Bn).transpose(0, 1)[:, unsort]
-            logdens = lse - torch.log(K) - 0.5 * self.D * torch.log(2 * math.pi * sq ** 2)
+    def _posterior_size(self, batch):
+        return int(self._n_keys().max()), batch * self.H * self.W
 
-            def back(t):
-                t = t.view(Bn, HW, *t.shape[1:]) if unsort is None else \
-                    t.view(HW, Bn, *t.shape[1:]).transpose(0, 1)[:, unsort]
-                return t.reshape(Bn, H, W, *t.shape[2:])
+    def _posterior(self, y, s, topk):
+        _, lse, att, unsort = self._run(y, s, track=True, topk=topk)
+        x_hat = self._estimate(y, s)  # the estimate exactly as a call computes it
+        Bn, H, W = y.shape[0], self.H, self.W
+        HW = H * W
+        d = att.diagnostics()
+        K = att.n_keys.to(self.dtype).to(self.device)
+        sq = s[:, None].expand(Bn, HW)
+        if unsort is None:
+            K = K.view(Bn, HW)
+        else:
+            K = K.view(HW, Bn).transpose(0, 1)[:, unsort]
+        logdens = gaussian_log_density(lse, K, self.D, sq)
 
-            ids = back(d["topk_ids"])
-            img = torch.div(ids, HW, rounding_mode="floor")
-            pos = ids % HW
-            position = torch.stack([torch.div(pos, W, rounding_mode="floor"), pos % W], -1)
-            position = torch.where(ids[..., None] >= 0, position, torch.full_like(position, -1))
-            img = torch.where(ids >= 0, img, torch.full_like(img, -1))
-            dt = self.dtype
-            return Posterior(x_hat, logdens.view(Bn, H, W).to(dt), back(d["n50"]),
-                             back(d["participation"]).to(dt), back(d["topk_weights"]).to(dt),
-                             img, position)
+        def back(t):
+            t = t.view(Bn, HW, *t.shape[1:]) if unsort is None else \
+                t.view(HW, Bn, *t.shape[1:]).transpose(0, 1)[:, unsort]
+            return t.reshape(Bn, H, W, *t.shape[2:])
+
+        img, position = decode_ids(back(d["topk_ids"]), HW, W)
+        dt = self.dtype
+        return Posterior(x_hat, logdens.view(Bn, H, W).to(dt), back(d["n50"]),
+                         back(d["participation"]).to(dt), back(d["topk_weights"]).to(dt),
+                         img, position)
 
 
 class LEMMSE(_PatchAttention):
@@ -783,13 +699,7 @@ class LEMMSE(_PatchAttention):
         return r[:-1] + f", group={self.group!r}, group_weight={self.group_weight:g})"
 
     def _position_groups(self):
-        pat = self._mask_patterns()
-        if pat is None:
-            return None
-        _, gid = torch.unique(pat, dim=0, return_inverse=True)
-        if int(gid.max()) == 0:
-            return None
-        return gid.to(torch.int64).cpu()
+        return pattern_groups(self.B, self.C, self.H, self.W, self.patch_size)
 
     def _slide_shifts(self):
         if not hasattr(self, "_shifts_cache"):
@@ -864,23 +774,18 @@ class MMSE(_Estimator):
     def _estimate(self, y, s):
         return self._run(y, s)[0]
 
-    def posterior(self, y, sigma, topk=8):
-        """Estimate plus weight diagnostics; per-pixel fields are constant over the image."""
-        topk = check_topk(topk)
-        y, s = self._prepare(y, sigma)
-        topk = bound_topk(topk, self.N, y.shape[0], self.memory_budget)
-        with torch.no_grad(), no_tf32():
-            _, lse, att, D = self._run(y, s, track=True, topk=int(topk))
-            x_hat = self._estimate(y, s)
-            d = att.diagnostics()
-            H, W = self.H, self.W
-            logdens = lse - math.log(self.N) - 0.5 * D * torch.log(2 * math.pi * s ** 2)
-            ids = d["topk_ids"]
-            pos = torch.where(ids[..., None] >= 0, torch.zeros(*ids.shape, 2, dtype=torch.int64,
-                                                                device=ids.device), -1)
-            dt = self.dtype
-            return _image_posterior(x_hat, logdens.to(dt), d["n50"], d["participation"].to(dt),
-                                    d["topk_weights"].to(dt), ids, pos, H=H, W=W)
+    def _posterior_size(self, batch):
+        return self.N, batch
+
+    def _posterior(self, y, s, topk):
+        _, lse, att, D = self._run(y, s, track=True, topk=topk)
+        x_hat = self._estimate(y, s)
+        d = att.diagnostics()
+        logdens = gaussian_log_density(lse, self.N, D, s)
+        image, pos = decode_ids(d["topk_ids"], 1, 1)  # ids name images; position (0, 0)
+        dt = self.dtype
+        return image_posterior(x_hat, logdens.to(dt), d["n50"], d["participation"].to(dt),
+                               d["topk_weights"].to(dt), image, pos, H=self.H, W=self.W)
 
 
 class EquivariantMMSE(_Estimator):
@@ -934,41 +839,29 @@ class EquivariantMMSE(_Estimator):
             m = m_new
         return (num / den.view(Bn, 1, 1, 1)).to(self.dtype)
 
-    def posterior(self, y, sigma, topk=8):
-        """Estimate plus weight diagnostics over the ``N·H·W`` keys ``T_g A x_n``.
+    def _posterior_size(self, batch):
+        return self.N * self.H * self.W, batch
 
-        As :meth:`MMSE.posterior`, the per-pixel fields are constant over the image.
-        ``topk_image`` is the training image ``n`` and ``topk_position`` the shift
-        ``g = (rows, columns)`` by which it is rolled (down and right).  Two extra passes over
-        the training set, in float64.
-        """
-        topk = check_topk(topk)
-        y, s = self._prepare(y, sigma)
-        topk = bound_topk(topk, self.N * self.H * self.W, y.shape[0], self.memory_budget)
+    def _posterior(self, y, s, topk):
+        """Diagnostics over the ``N·H·W`` keys ``T_g A x_n``: two extra passes, in float64."""
         f64 = torch.float64
-        with torch.no_grad(), no_tf32():
-            x_hat = self._estimate(y, s)
-            v = self._query_images(y).to(f64)
-            Bn, H, W, HW = v.shape[0], self.H, self.W, self.H * self.W
-            D = self.C * HW
-            att = StreamingAttention(v.flatten(1), s.to(f64), None, value_dim=0,
-                                     memory_budget=self.memory_budget, backend="torch",
-                                     track=True, topk=int(topk))
-            extra = 48 * Bn * HW  # the second pass's temporaries per key
-            for p in range(2):
-                if p == 1:
-                    att.begin_second_pass()
-                for n0, _, L in self._logit_chunks(v, s, extra):
-                    ids = torch.arange(n0 * HW, n0 * HW + L[0].numel(), device=self.device)
-                    att.update_logits(L.reshape(Bn, -1), ids)
-            _, lse = att.result()
-            d = att.diagnostics()
-            logdens = lse - math.log(self.N * HW) - 0.5 * D * torch.log(2 * math.pi * s.to(f64) ** 2)
-            ids = d["topk_ids"]
-            g = ids % HW
-            pos = torch.stack([g // W, g % W], -1)
-            pos = torch.where(ids[..., None] >= 0, pos, torch.full_like(pos, -1))
-            image = torch.where(ids >= 0, ids // HW, torch.full_like(ids, -1))
-            dt = self.dtype
-            return _image_posterior(x_hat, logdens.to(dt), d["n50"], d["participation"].to(dt),
-                                    d["topk_weights"].to(dt), image, pos, H=H, W=W)
+        x_hat = self._estimate(y, s)
+        v = self._query_images(y).to(f64)
+        Bn, H, W, HW = v.shape[0], self.H, self.W, self.H * self.W
+        att = StreamingAttention(v.flatten(1), s.to(f64), None, value_dim=0,
+                                 memory_budget=self.memory_budget, backend="torch",
+                                 track=True, topk=topk)
+        extra = 48 * Bn * HW  # the second pass's temporaries per key
+        for p in range(2):
+            if p == 1:
+                att.begin_second_pass()
+            for n0, _, L in self._logit_chunks(v, s, extra):
+                ids = torch.arange(n0 * HW, n0 * HW + L[0].numel(), device=self.device)
+                att.update_logits(L.reshape(Bn, -1), ids)
+        _, lse = att.result()
+        d = att.diagnostics()
+        logdens = gaussian_log_density(lse, self.N * HW, self.C * HW, s.to(f64))
+        image, pos = decode_ids(d["topk_ids"], HW, W)
+        dt = self.dtype
+        return image_posterior(x_hat, logdens.to(dt), d["n50"], d["participation"].to(dt),
+                               d["topk_weights"].to(dt), image, pos, H=H, W=W)

@@ -173,7 +173,7 @@ def check_commutes(group: Group, operator, H: int, W: int):
 
 # ---------------------------------------------------------------------------- symmetry score
 def _patches(x, P):
-    from lemmse.estimators import extract_patches
+    from lemmse.patches import extract_patches
     return extract_patches(x, P)
 
 

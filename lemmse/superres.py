@@ -52,8 +52,8 @@ import torch.nn.functional as F
 
 from lemmse._native import load_kernel, load_slide_kernel
 from lemmse.engine import DEFAULT_MEMORY_BUDGET, no_tf32
-from lemmse.estimators import (LEMMSE, Posterior, _check_images, _check_sigma, _unfold,
-                               extract_patches)
+from lemmse.estimators import LEMMSE, Posterior, _check_images, _check_sigma
+from lemmse.patches import extract_patches, unfold
 from lemmse.operators import Denoising, SuperResolution
 
 __all__ = ["SuperResolutionLEMMSE", "jacobian", "bank_moments", "jacobian_response"]
@@ -291,7 +291,7 @@ def _moments(est, y, sigma, pixels):
     with torch.no_grad():
         for n0 in range(0, keys_img.shape[0], step):
             kx = keys_img[n0:n0 + step]
-            k = _unfold(bank._keys_images(kx).double(), P).transpose(1, 2).reshape(-1, D)
+            k = unfold(bank._keys_images(kx).double(), P).transpose(1, 2).reshape(-1, D)
             v = vals_img[n0:n0 + step].double().flatten(2).transpose(1, 2).reshape(-1, Cv)
             if q is None:
                 logit = torch.zeros(1, k.shape[0], dtype=torch.float64)

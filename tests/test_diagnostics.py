@@ -112,8 +112,9 @@ def test_log_density_counts_admissible_keys_for_masks():
     d = DATASETS[ds]
     train, _, _ = dataset(ds)
     est = make("LEMMSE", train, oracle_op(ds, "random"), d["P"], "inverse", dtype=F64)
-    gid = est._gid
-    K = est._n_keys()
+    geometry = est.problem().geometry
+    gid = geometry.gid
+    K = geometry.n_keys(d["N"])
     for i in (0, 5, 17):
         assert int(K[i]) == d["N"] * int((gid == gid[i]).sum())
     y = measurement(ds, "random", 0.2)
