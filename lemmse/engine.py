@@ -39,13 +39,13 @@ TF32 is never used (it costs 1–8 nats of logit error at small σ): callers run
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 
 from lemmse._native import load_kernel
+from lemmse._runtime import no_tf32  # noqa: F401 (re-exported: estimators, groups, superres)
 
 LOG2E = 1.4426950408889634
 #: Key data swept by the native kernel per pass over a thread's queries (sized for the L2 cache).
@@ -63,18 +63,6 @@ N50_EXACT = 256
 # bins of the log-weight histogram used to count the patches holding 50 % of the mass
 _HIST_BINS = 2048
 _HIST_RANGE = 32.0  # nats below the total mass (bins of 1/64 nat)
-
-
-@contextlib.contextmanager
-def no_tf32():
-    """Disable TF32 matrix products for the duration of the block (restored afterwards)."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @dataclass

@@ -182,8 +182,8 @@ def test_manifest_verifies_a_copy_of_your_own(tmp_path):
 def test_a_file_is_hashed_once_per_process(official_fashion, monkeypatch):
     root, _, _ = official_fashion
     calls = []
-    real = data._digest
-    monkeypatch.setattr(data, "_digest", lambda p, a: calls.append(p) or real(p, a))
+    real = data._files._digest
+    monkeypatch.setattr(data._files, "_digest", lambda p, a: calls.append(p) or real(p, a))
     for _ in range(3):
         data.load_fashion_mnist(n=2, root=root)
     assert len(calls) == 1
@@ -198,7 +198,7 @@ def test_corrupt_official_cifar_batch(tmp_path, monkeypatch):
     # protocol 4 keeps the pixels as raw bytes: a flipped one unpickles without complaint
     path.write_bytes(pickle.dumps({b"data": images, b"labels": list(range(6))}, protocol=4))
     monkeypatch.setitem(data.CIFAR10_BATCH_MD5, path.name, _md5(path))
-    monkeypatch.setattr(data, "_CIFAR_OFFICIAL_IMAGES", 6)
+    monkeypatch.setattr(data.cifar10, "_CIFAR_OFFICIAL_IMAGES", 6)
     x = data.load_cifar10(n=1, root=tmp_path)
     assert torch.equal(x.flatten(1), torch.from_numpy(images[:1]).float() / 255)
     _flip(path, 0.9)  # a pixel of the last image
