@@ -34,7 +34,7 @@ Two back-ends compute a chunk:
     diagnostics of :meth:`StreamingAttention.update` with ``track=True``.
 
 TF32 is never used (it costs 1–8 nats of logit error at small σ): callers run under
-:func:`no_tf32`.
+``no_tf32``.
 """
 
 from __future__ import annotations

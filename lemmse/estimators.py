@@ -549,9 +549,9 @@ class _PatchAttention(_Estimator):
 
     def problem(self, dtype=None):
         """The patch-attention problem this estimator describes (see
-        :class:`lemmse.patches.PatchProblem`): its geometry, training images, values, and the
+        ``lemmse.patches.PatchProblem``): its geometry, training images, values, and the
         maps to query and key images, in ``dtype`` (default: the estimator's; ``torch.float64``
-        for exact diagnostics such as :func:`lemmse.pixel_weights`)."""
+        for exact diagnostics such as ``lemmse.pixel_weights``)."""
         return PatchProblem(self.geometry, self.train, self._value_images(0, self.N, self.train),
                             lambda y: self._query_images(y, dtype),
                             lambda x: self._keys_images(x, dtype), self._prepare)

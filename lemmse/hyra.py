@@ -57,7 +57,7 @@ Spectra (:func:`log_spectrum`, :func:`energy_above`)
     Frequencies are in cycles per (HR) pixel, per axis in ``[-1/2, 1/2)``; the LR Nyquist
     frequency of a ``×s`` map is ``1 / (2 s)``: :func:`energy_above` with that cut-off says how
     much of the energy of ``G`` (or of any image) lies outside the band that the LR grid can
-    represent. Both live in :mod:`lemmse.frequency`, with the reference interpolators
+    represent. Both live in ``lemmse.frequency``, with the reference interpolators
     :func:`ideal_sinc` and :func:`bicubic`; all four are re-exported here.
 
 References: the book chapter on super-resolution (``book/15_superresolution.md``); reference

@@ -19,7 +19,7 @@ empirical MMSE (the paper's eMMSE), the softmax average of the clean points.
   float64, stable down to any σ > 0);
 - :class:`ShallowDenoiser` and :func:`train_shallow`: the network and its training to
   interpolation with a small weight decay on the representation cost (in
-  :mod:`lemmse.shallow`, re-exported here).
+  ``lemmse.shallow``, re-exported here).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The forward model is
 
 with images ``x`` of shape ``[B, C, H, W]`` (float, pixel values in [0, 1]).
 Four operators subclass :class:`Operator` (``lemmse/_operator.py``, with ``measure``), all with a
-periodic (circular) boundary (this module holds three; :class:`Blur` is in :mod:`lemmse.blur`):
+periodic (circular) boundary (this module holds three; :class:`Blur` is in ``lemmse.blur``):
 
 - :class:`Denoising`: A = I;
 - :class:`Inpainting`: A x = m * x for a 0/1 mask m (1 = observed);
@@ -17,7 +17,7 @@ periodic (circular) boundary (this module holds three; :class:`Blur` is in :mod:
 :func:`preinverse` builds the fixed pre-inverse B applied before the estimator,
 x_hat = phi(B y): the identity (physics-agnostic) or an approximate inverse of A
 (physics-aware: the mask for inpainting, the regularised inverse filter
-1 / (k_hat + 1e-7) for blur). The pre-inverses live in :mod:`lemmse.preinverses` and are
+1 / (k_hat + 1e-7) for blur). The pre-inverses live in ``lemmse.preinverses`` and are
 re-exported here.
 
 The vocabulary follows DeepInverse (``A``, ``A_adjoint``, measurement with a

@@ -2,7 +2,7 @@
 
 This module draws images (:func:`to_display`, :func:`show_images`, :func:`to_png` for the
 widgets' PNG panels); the helpers for numbers (:func:`show_fields`, :func:`plot_curves`,
-:func:`plot_matrix`) are in :mod:`lemmse.charts` and re-exported here.
+:func:`plot_matrix`) are in ``lemmse.charts`` and re-exported here.
 Every helper builds a matplotlib figure and returns it; nothing is shown or saved here.
 In a notebook, end the cell with ``plt.show()``: the inline backend then displays the figure
 once and closes it (returning the figure as the cell's value as well would show it twice).

@@ -56,8 +56,9 @@ class Preinverse:
         True when B is a stationary filter with a transfer function, ``transfer(H, W, dtype,
         device)`` (distances are then whitened by its autocorrelation).
     needs_float64 : bool
-        True when B must be applied in float64 (an inverse filter amplifies the round-off of
-        an fp32 FFT by up to :math:`1 / \lvert \hat k \rvert`); the same as ``is_filter`` for the pre-inverses here.
+        True when B must be applied in float64 (an inverse filter amplifies the round-off
+        of an fp32 FFT by up to :math:`1 / \lvert \hat k \rvert`); the same as
+        ``is_filter`` for the pre-inverses here.
     """
 
     kind = "identity"

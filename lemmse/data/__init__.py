@@ -26,8 +26,8 @@ once).  The result is cached per process by (path, size, modification time); the
 FashionMNIST train load costs about 60 ms more for it (md5 of 26 MB).
 The data sets are introduced in book chapter 1 (``book/01_inverse_problems.md``).
 
-The package holds one module per data set (:mod:`lemmse.data.fashion_mnist`,
-:mod:`lemmse.data.cifar10`, :mod:`lemmse.data.ffhq32`) and the file machinery they share
+The package holds one module per data set (``lemmse.data.fashion_mnist``,
+``lemmse.data.cifar10``, ``lemmse.data.ffhq32``) and the file machinery they share
 (``lemmse/data/_files.py``: data root, downloads, checksums); every name is importable from
 ``lemmse.data``.
 """

@@ -20,9 +20,9 @@ the reference setup (reference widths, 24 000 steps of 256 images; for a GPU). F
 - :func:`evaluate_groups`: group-averaged networks against the LE-MMSE of each group orbit
   (``results/groups.csv``, chapter "Beyond translations").
 
-Three grids: :data:`GRID` (the 25 networks of the agreement tables), :data:`ANALYSIS` (U-Nets on
+Three grids: ``GRID`` (the 25 networks of the agreement tables), ``ANALYSIS`` (U-Nets on
 n = 100 and 1 000 images, a ResNet on 1 000; U-Nets and PatchMLPs with P = 3, 7, 9) and
-:data:`SR_GRID` (×2 super-resolution networks, FashionMNIST 28→14 and CIFAR-10 32→16, the three
+``SR_GRID`` (×2 super-resolution networks, FashionMNIST 28→14 and CIFAR-10 32→16, the three
 architectures; book chapter 15), selected with ``--grid`` (``main``, ``analysis``, ``sr``).
 ``--steps`` and ``--group`` train and select variants of any of them.
 
@@ -32,11 +32,11 @@ path of this package and of the command line that names ``results/`` means that 
 chapters read it the same way); ``checkpoints/`` (the full training checkpoints and the LE-MMSE
 cache) stays relative to the current folder.
 
-The package, by concern: :mod:`lemmse.experiments.grid` (scales, experiments, grids,
-:func:`select`; book chapter 8 ``book/08_training.md``), :mod:`lemmse.experiments.runs`
+The package, by concern: ``lemmse.experiments.grid`` (scales, experiments, grids,
+:func:`select`; book chapter 8 ``book/08_training.md``), ``lemmse.experiments.runs``
 (training, export, manifest, :func:`find_checkpoint`; chapter 8),
-:mod:`lemmse.experiments.evaluation` (the studies; chapters 9 to 11, 14, 15) and
-:mod:`lemmse.experiments.tables` (the CSV tables). The command line is in :mod:`lemmse.cli`.
+``lemmse.experiments.evaluation`` (the studies; chapters 9 to 11, 14, 15) and
+``lemmse.experiments.tables`` (the CSV tables). The command line is in ``lemmse.cli``.
 
 Command line (one command per step; every command also takes ``--dataset``, ``--task``,
 ``--arch``, ``--physics`` filters)::

@@ -193,7 +193,7 @@ def evaluate_agreement(
     Returns
     -------
     rows : list of dict
-        One per experiment, split and σ, with the keys of :data:`CSV_COLUMNS`; the PSNRs (dB)
+        One per experiment, split and σ, with the keys of ``CSV_COLUMNS``; the PSNRs (dB)
         are means over the images.
     images : dict, only if ``return_images``
 
@@ -270,7 +270,7 @@ def evaluate_patch_size(
     field ``P`` is best explained by the LE-MMSE with the same ``P``, the diagonal of the
     (``patch_net``, ``patch_lemmse``) table is the largest PSNR of its row.
 
-    Returns rows with the keys of :data:`PATCH_CSV_COLUMNS`.
+    Returns rows with the keys of ``PATCH_CSV_COLUMNS``.
     """
     from tqdm.auto import tqdm
 
@@ -321,7 +321,7 @@ def evaluate_groups(
     every ``g`` of ``lemmse_groups``. If a network is best explained by the LE-MMSE of its own
     group, ``group_lemmse == group_net`` has the largest ``psnr_net_lemmse`` of its row.
 
-    Returns rows with the keys of :data:`GROUP_CSV_COLUMNS`.
+    Returns rows with the keys of ``GROUP_CSV_COLUMNS``.
     """
     from tqdm.auto import tqdm
 
@@ -379,7 +379,7 @@ def evaluate_budget(experiments: Sequence[Experiment], steps: Sequence[int] = BU
     budget: with a ``cache`` they are computed once. ``kwargs`` go to
     :func:`evaluate_agreement` (``sigmas``, ``splits``, ``n_images``, ``roots``, ``cache``, ...).
 
-    Returns rows with the keys of :data:`BUDGET_CSV_COLUMNS` (``images_seen`` = steps × batch).
+    Returns rows with the keys of ``BUDGET_CSV_COLUMNS`` (``images_seen`` = steps × batch).
     """
     steps = list(steps)
     if not steps or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in steps):

@@ -3,10 +3,10 @@
 A declarative grid (:class:`Experiment`, one trained network each) at three scales
 (:class:`Scale`): ``"cpu"``, sized to train in minutes on a 2-core CPU, ``"cpu-long"`` (the same
 networks trained 16 times longer), and ``"reference"``, the reference setup (reference widths,
-24 000 steps of 256 images; for a GPU). Three grids: :data:`GRID` (the 25 networks of the
+24 000 steps of 256 images; for a GPU). Three grids: ``GRID`` (the 25 networks of the
 agreement tables, book chapters 8 ``book/08_training.md`` and 9 ``book/09_agreement.md``),
-:data:`ANALYSIS` (dataset size and patch size, chapter 11 ``book/11_analysis.md``; the
-symmetry networks of chapter 14 ``book/14_symmetry.md``) and :data:`SR_GRID` (×2
+``ANALYSIS`` (dataset size and patch size, chapter 11 ``book/11_analysis.md``; the
+symmetry networks of chapter 14 ``book/14_symmetry.md``) and ``SR_GRID`` (×2
 super-resolution, chapter 15 ``book/15_superresolution.md``); :func:`select` picks
 experiments from them. Also the evaluation constants shared by the studies (:data:`SIGMAS`,
 :data:`EVAL_SPLITS`, :data:`BUDGET_STEPS`).
@@ -122,7 +122,7 @@ class Experiment:
 
     ``cpu_steps`` (None: the scale's steps) sets the optimiser steps at the "cpu" scale only
     (other scales keep theirs); ``sigma_max`` (None: the TrainConfig default, 1.0) the largest
-    training σ at every scale. Both are None in :data:`GRID` and :data:`ANALYSIS`.
+    training σ at every scale. Both are None in ``GRID`` and ``ANALYSIS``.
     """
 
     dataset: str
@@ -266,7 +266,7 @@ def select(dataset=None, task=None, arch=None, physics=None, grid: Union[str, Se
            patch_size=None, n_train=None, scale="cpu") -> list:
     """The experiments of ``grid`` matching the filters (each a value, a list of values or None = all).
 
-    ``grid`` is a sequence of experiments or a name of :data:`GRIDS` ("main", "analysis", "all",
+    ``grid`` is a sequence of experiments or a name of ``GRIDS`` ("main", "analysis", "all",
     "sr").
     ``n_train`` filters on the number of training images the experiment uses at ``scale``.
     """

@@ -1,10 +1,10 @@
 """The CSV tables of the experiments: their columns, reading, writing and merging.
 
-``results/agreement.csv`` (:data:`CSV_COLUMNS`; book chapters 9 ``book/09_agreement.md``,
-10, 13 and 15), ``results/training_budget.csv`` (:data:`BUDGET_CSV_COLUMNS`, chapter 9),
-``results/patch_size.csv`` (:data:`PATCH_CSV_COLUMNS`, chapter 11 ``book/11_analysis.md``)
-and ``results/groups.csv`` (:data:`GROUP_CSV_COLUMNS`, chapter 14 ``book/14_symmetry.md``),
-where ``results/`` is :func:`lemmse._paths.results_root`. Every table is written atomically,
+``results/agreement.csv`` (``CSV_COLUMNS``; book chapters 9 ``book/09_agreement.md``,
+10, 13 and 15), ``results/training_budget.csv`` (``BUDGET_CSV_COLUMNS``, chapter 9),
+``results/patch_size.csv`` (``PATCH_CSV_COLUMNS``, chapter 11 ``book/11_analysis.md``)
+and ``results/groups.csv`` (``GROUP_CSV_COLUMNS``, chapter 14 ``book/14_symmetry.md``),
+where ``results/`` is ``lemmse._paths.results_root``. Every table is written atomically,
 PSNRs with 3 decimals and rows in a fixed order, so that a rerun changes only what changed;
 :func:`merge_rows` updates the rows of an existing table with new ones.
 """
@@ -104,7 +104,7 @@ GROUP_CSV_COLUMNS = (
     "psnr_lemmse_truth",
 )
 
-#: The file name of each table in :func:`~lemmse._paths.results_root` (the default ``path`` of
+#: The file name of each table in ``lemmse._paths.results_root`` (the default ``path`` of
 #: its reader and writer).
 _FILES = {
     CSV_COLUMNS: "agreement.csv",
@@ -180,11 +180,11 @@ def _read_csv(path, columns: tuple) -> list:
 
 
 def write_agreement_csv(rows: Sequence[dict], path: Optional[PathLike] = None) -> Path:
-    """Write ``rows`` to ``path`` with exactly the columns :data:`CSV_COLUMNS` (atomically).
+    """Write ``rows`` to ``path`` with exactly the columns ``CSV_COLUMNS`` (atomically).
 
     PSNRs with 3 decimals; rows sorted by dataset, task, physics, arch, split, n_train, n_images, σ.
     ``path`` defaults to ``results_root() / "agreement.csv"`` (as for every table here: its
-    file in :func:`~lemmse._paths.results_root`).
+    file in ``lemmse._paths.results_root``).
     """
     return _write_csv(rows, path, CSV_COLUMNS)
 
@@ -198,32 +198,32 @@ def read_agreement_csv(path: Optional[PathLike] = None) -> list:
 
 
 def write_patch_size_csv(rows: Sequence[dict], path: Optional[PathLike] = None) -> Path:
-    """Write the rows of :func:`evaluate_patch_size` with the columns :data:`PATCH_CSV_COLUMNS` (atomically)."""
+    """Write the rows of :func:`evaluate_patch_size` with the columns ``PATCH_CSV_COLUMNS`` (atomically)."""
     return _write_csv(rows, path, PATCH_CSV_COLUMNS)
 
 
 def read_patch_size_csv(path: Optional[PathLike] = None) -> list:
-    """Rows of ``path`` (default ``results_root() / "patch_size.csv"``; :data:`PATCH_CSV_COLUMNS`)."""
+    """Rows of ``path`` (default ``results_root() / "patch_size.csv"``; ``PATCH_CSV_COLUMNS``)."""
     return _read_csv(path, PATCH_CSV_COLUMNS)
 
 
 def write_budget_csv(rows: Sequence[dict], path: Optional[PathLike] = None) -> Path:
-    """Write the rows of :func:`evaluate_budget` with the columns :data:`BUDGET_CSV_COLUMNS` (atomically)."""
+    """Write the rows of :func:`evaluate_budget` with the columns ``BUDGET_CSV_COLUMNS`` (atomically)."""
     return _write_csv(rows, path, BUDGET_CSV_COLUMNS)
 
 
 def read_budget_csv(path: Optional[PathLike] = None) -> list:
-    """Rows of ``path`` (default ``results_root() / "training_budget.csv"``; :data:`BUDGET_CSV_COLUMNS`)."""
+    """Rows of ``path`` (default ``results_root() / "training_budget.csv"``; ``BUDGET_CSV_COLUMNS``)."""
     return _read_csv(path, BUDGET_CSV_COLUMNS)
 
 
 def write_groups_csv(rows: Sequence[dict], path: Optional[PathLike] = None) -> Path:
-    """Write the rows of :func:`evaluate_groups` with the columns :data:`GROUP_CSV_COLUMNS` (atomically)."""
+    """Write the rows of :func:`evaluate_groups` with the columns ``GROUP_CSV_COLUMNS`` (atomically)."""
     return _write_csv(rows, path, GROUP_CSV_COLUMNS)
 
 
 def read_groups_csv(path: Optional[PathLike] = None) -> list:
-    """Rows of ``path`` (default ``results_root() / "groups.csv"``; :data:`GROUP_CSV_COLUMNS`)."""
+    """Rows of ``path`` (default ``results_root() / "groups.csv"``; ``GROUP_CSV_COLUMNS``)."""
     return _read_csv(path, GROUP_CSV_COLUMNS)
 
 
