@@ -264,7 +264,9 @@ def _chromium() -> str | None:
     return None
 
 
-def _dump_dom(chromium: str, page: Path) -> str:
+def _dump_dom(chromium: str, page: Path | str) -> str:
+    """The DOM of ``page`` (a file, or a URL string) after its scripts ran."""
+    url = page if isinstance(page, str) else page.as_uri()
     with tempfile.TemporaryDirectory() as profile:
         cmd = [
             chromium,
@@ -279,11 +281,11 @@ def _dump_dom(chromium: str, page: Path) -> str:
             f"--user-data-dir={profile}",
             "--virtual-time-budget=10000",
             "--dump-dom",
-            page.as_uri(),
+            url,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     if proc.returncode != 0 or "</html>" not in proc.stdout:
-        raise RuntimeError(f"chromium failed on {page.name} (rc {proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"chromium failed on {url} (rc {proc.returncode}): {proc.stderr[-2000:]}")
     return proc.stdout
 
 
@@ -500,3 +502,116 @@ def test_website_layout(built_site: Path):
     assert sum(len(l["code"]) for l in layouts) > 0 or not KNOWN_LAYOUT
     if better:
         print("KNOWN_LAYOUT can be lowered: " + ", ".join(better))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. the site's own fixes (book/_ext/lemmse_site.py): alt texts, captions, indices, search, size
+# ---------------------------------------------------------------------------------------------
+
+sys.path.insert(0, str(BOOK / "_ext"))
+import lemmse_site  # noqa: E402  (the extension under test)
+
+
+def test_alt_text_is_the_caption():
+    from docutils import nodes
+
+    image = nodes.image(uri="_images/0a1b2c.png")
+    figure = nodes.figure("", image, nodes.caption("", "FashionMNIST test image,  P = 5."))
+    assert lemmse_site.alt_text(figure[0]) == "FashionMNIST test image, P = 5."
+    figure = nodes.figure("", nodes.image(uri="x.png"), nodes.caption("", "word " * 100))
+    alt = lemmse_site.alt_text(figure[0])
+    assert alt.endswith("…") and len(alt) <= lemmse_site.ALT_CHARS
+    lone = nodes.image(uri="_images/0a1b2c.png")
+    nodes.container("", lone)
+    assert "0a1b2c" not in lemmse_site.alt_text(lone)
+
+
+def test_statement_titles_and_index():
+    assert lemmse_site.plain_title("(Participation ratio and $n_{50}$)") == "Participation ratio and n50"
+    assert lemmse_site.plain_title("(Limits in $\\sigma$)") == "Limits in σ"
+    statements = {
+        "thm-b": {"docname": "book/05", "realtype": "theorem", "title": "The LE-MMSE"},
+        "def-a": {"docname": "book/02", "realtype": "definition", "title": ""},
+        "thm-a": {"docname": "book/02", "realtype": "theorem", "title": "Tweedie"},
+    }
+    content = lemmse_site.statement_entries(statements, {"book/02": "The MMSE", "book/05": "LE"})
+    assert [kind for kind, _ in content] == ["Definitions", "Theorems"]
+    defs, thms = content[0][1], content[1][1]
+    assert defs[0].name == "Definition in The MMSE" and defs[0].anchor == "def-a"
+    assert [e.name for e in thms] == ["Tweedie", "The LE-MMSE"]  # in reading order
+    assert all("-" not in e.name.split()[0] for e in thms)  # titles, not labels
+
+
+def test_strip_source_maps(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    js = tmp_path / "scripts" / "a.js"
+    js.write_text("var a = 1;\n//# sourceMappingURL=a.js.map\n")
+    (tmp_path / "scripts" / "a.js.map").write_text("{}" * 50)
+    css = tmp_path / "b.css"
+    css.write_text("p{color:red}\n/*# sourceMappingURL=b.css.map*/")
+    assert lemmse_site.strip_source_maps(tmp_path) == 100
+    assert not list(tmp_path.rglob("*.map"))
+    assert js.read_text() == "var a = 1;\n" and css.read_text() == "p{color:red}"
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.alts, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.alts.append((attrs.get("src", ""), attrs.get("alt", "")))
+        if tag == "link":
+            self.links.append(attrs.get("href", ""))
+
+
+def test_site_alt_texts_indices_and_size(built_site: Path):
+    static = built_site / "_static"
+    maps = [p.relative_to(built_site).as_posix() for p in static.rglob("*.map")]
+    assert not maps, f"source maps copied to the site: {maps[:5]}"
+    named = [p.name for p in list(static.rglob("*.js")) + list(static.rglob("*.css"))
+             if re.search(rb"^[ \t]*(//|/\*)# sourceMappingURL=", p.read_bytes(), re.M)]
+    assert not named, f"files that still name a source map: {named}"
+    assert "figcaption" in (static / "lemmse.css").read_text()
+    pages = sorted((built_site / "book").glob("[0-9][0-9]_*.html"))
+    n_images, bad = 0, []
+    for page in pages:
+        parser = _Images()
+        parser.feed(page.read_text())
+        assert any("/lemmse.css" in link for link in parser.links), page.name
+        assert "lemmse-indices" in page.read_text(), f"{page.name}: no links to the indices"
+        for src, alt in parser.alts:
+            n_images += "_images/" in src
+            if "_images/" in src and (not alt or Path(src).stem in alt or alt.endswith(".png")):
+                bad.append(f"{page.name}: {src} alt={alt!r}")
+    assert n_images > 20 and not bad, f"{len(bad)} images without a text alternative: {bad[:5]}"
+    index = (built_site / "prf-prf.html").read_text()
+    shown = re.findall(r'<a href="book/[^"#]*#([^"]+)"><code class="xref">([^<]*)<', index)
+    assert shown, "the statement index lists nothing"
+    raw = [anchor for anchor, name in shown if name == anchor]
+    assert not raw, f"statements listed by their labels: {raw[:5]}"
+
+
+def test_search_snippets_show_no_tex(built_site: Path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(built_site))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/search.html?q=estimator"
+            dom = _dump_dom(_chromium(), url)
+        finally:
+            server.shutdown()
+    snippets = re.findall(r'<p class="context">(.*?)</p>', dom, flags=re.S)
+    assert len(snippets) >= 5, "the search found (almost) nothing: the check checks nothing"
+    tex = [s[:120] for s in snippets if re.search(r"\\[()\[\]]|\\[a-zA-Z]{2,}\{?|\$", s)]
+    assert not tex, f"{len(tex)} of {len(snippets)} snippets show TeX: {tex[:3]}"
