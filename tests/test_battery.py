@@ -265,6 +265,8 @@ def _sr_cases():
     case(entry, "patch_size-even", lambda: sr(patch_size=4), Err(ValueError, "patch_size"))
     case(entry, "patch_size-large", lambda: sr(patch_size=9), Err(ValueError, "patch_size"))
     case(entry, "preinverse-inverse", lambda: sr(preinverse="inverse"), Err(ValueError, "preinverse"))
+    case(entry, "train-meta", lambda: LEMMSE(TRAIN.to("meta"), SuperResolution(2), patch_size=3),
+         Err((ValueError, TypeError), "train"))
     case(entry, "y-hr", lambda: sr()(Y0, 0.1), Err(ValueError, "y"))
     case(entry, "y-3d", lambda: sr()(yl[0], 0.1), Err(ValueError, "y"))
     case(entry, "y-nan", lambda: sr()(yl * float("nan"), 0.1), Err(ValueError, "y"))
@@ -320,6 +322,7 @@ def _measure_cases():
         case(entry, "sigma-length", m(sigma=[0.1] * 3), Err(ValueError, "sigma"))
         case(entry, "sigma-text", m(sigma="0.1"), Err(TypeError, "sigma"))
         case(entry, "sigma-huge", m(sigma=1e39), Err(ValueError, "sigma"))
+        case(entry, "sigma-underflow", m(sigma=1e-50), Err(ValueError, "sigma"))  # 0 in float32
         case(entry, "generator-int", m(gen=0), Err(TypeError, "generator"))
         case(entry, "x-meta", m(Y0.to("meta")), Err((ValueError, TypeError), "x", "device"))
         case(entry, "valid-per-image", m(sigma=torch.tensor([0.1, 0.2]), gen=torch.Generator().manual_seed(3)),
