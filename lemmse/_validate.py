@@ -4,6 +4,9 @@ One rule for every public entry point: what an argument *is* (not a tensor, a te
 non-real-float dtype, a bool, text or complex value where a number goes, a float where an
 integer goes) is a TypeError; what it *holds* (its shape, size, emptiness, NaN/Inf, range,
 device) a ValueError.  Every message names the argument and says what was expected.
+(``lemmse.estimators`` still has its own image and σ checks, ``_check_images`` and
+``_check_sigma``: the same rule except a ValueError for a non-float dtype, and a crash on a
+meta-device ``train``; they are to be replaced by the functions here.)
 
 - :func:`check_images`: the one image check (a real floating-point tensor ``[B, C, H, W]`` with
   data, not empty, finite, on the expected device);
@@ -133,8 +136,10 @@ def parse_sigma(sigma, batch: int | None = None, dtype: torch.dtype = torch.floa
             if not (sigma.is_floating_point() or sigma.dtype in (torch.int32, torch.int64)):
                 raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {sigma.dtype}")
         try:
-            s = torch.as_tensor(sigma, dtype=torch.float64, device="cpu") \
-                if not isinstance(sigma, torch.Tensor) else sigma.to(device="cpu", dtype=torch.float64)
+            if isinstance(sigma, torch.Tensor):
+                s = sigma.to(device="cpu", dtype=torch.float64)
+            else:
+                s = torch.as_tensor(sigma, dtype=torch.float64, device="cpu")
         except (TypeError, ValueError, RuntimeError, OverflowError):
             raise TypeError(f"{name} must be {what}, got {type(sigma).__name__} "
                             f"({sigma!r:.60})") from None
