@@ -39,6 +39,9 @@ from lemmse import (LEMMSE, MMSE, Blur, Denoising, EquivariantMMSE, Inpainting, 
 from lemmse.train import TrainConfig, load_checkpoint, predict, train_model, train_or_load
 
 ROOT = Path(__file__).resolve().parents[1]
+if not (lemmse.data.data_root() / "fashion-mnist").is_dir():  # conftest sets LEMMSE_DATA
+    pytest.skip("FashionMNIST not found (set LEMMSE_DATA): the battery runs on crops of it",
+                allow_module_level=True)
 CKPT = sorted((ROOT / "results" / "checkpoints").glob(
     "fashion-mnist_denoising_agnostic_unet_P5_w16_n10000_s800_????????????.pt"))[0]
 H = 12  # crop of the FashionMNIST images: fast estimators
