@@ -14,56 +14,24 @@ See book chapter 1 (``book/01_inverse_problems.md``) for the setting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from lemmse._validate import check_finite_output
+from lemmse._validate import check_finite_output, check_images, parse_sigma
 
 __all__ = ["Operator"]
 
 
 def _check_image(x, name: str = "x") -> torch.Tensor:
-    """Check that ``x`` is a floating-point tensor of shape [B, C, H, W]."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape [B, C, H, W], got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have 4 dimensions [B, C, H, W], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a real floating-point dtype, got {x.dtype}")
-    return x
+    """Check that ``x`` is a real floating-point tensor of shape [B, C, H, W] with data (the
+    structural part of :func:`lemmse._validate.check_images`: values are not read)."""
+    return check_images(x, name, finite=False, allow_empty=True)
 
 
 def _sigma_per_image(sigma, batch: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Turn ``sigma`` (a float or one value per image) into a [batch, 1, 1, 1] tensor.
-
-    Raises ValueError naming ``sigma`` if a value is not positive and finite, or if the
-    number of values is not ``batch``.
-    """
-    from lemmse._validate import screen_sigma
-
-    if isinstance(sigma, bool):
-        raise TypeError(f"sigma must be a float or one value per image, got {sigma!r}")
-    sigma = screen_sigma(sigma)  # bool / complex / text values inside sequences and arrays
-    if isinstance(sigma, torch.Tensor):
-        s = sigma.detach().to(device="cpu", dtype=torch.float64)
-    elif isinstance(sigma, (int, float)):
-        s = torch.tensor(float(sigma), dtype=torch.float64)
-    elif isinstance(sigma, Sequence) or hasattr(sigma, "__array__"):
-        try:
-            s = torch.as_tensor(sigma, dtype=torch.float64)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"sigma must be a float or a 1-D sequence of floats, got {sigma!r}") from err
-    else:
-        raise TypeError(f"sigma must be a float or one value per image, got {type(sigma).__name__}")
-    if s.ndim > 1:
-        raise ValueError(f"sigma must be a float or a 1-D tensor/sequence, got shape {tuple(s.shape)}")
-    if s.ndim == 1 and s.numel() != batch:
-        raise ValueError(f"sigma must have one value per image (length {batch}), got length {s.numel()}")
-    if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
-        raise ValueError(f"sigma must be positive and finite, got {s.tolist()}")
-    s = s.expand(batch) if s.ndim == 1 else s.reshape(1).expand(batch)
-    return s.to(device=device, dtype=dtype).reshape(batch, 1, 1, 1)
+    """``sigma`` (a float or one value per image) as a [batch, 1, 1, 1] tensor
+    (:func:`lemmse._validate.parse_sigma`: positive, finite, one value per image, not 0 in
+    ``dtype``)."""
+    return parse_sigma(sigma, batch, dtype, device).reshape(batch, 1, 1, 1)
 
 
 def _parse_image_shape(image_shape) -> tuple[int, int, int]:
@@ -127,11 +95,18 @@ class Operator:
         -------
         torch.Tensor
             y, shape [B, C, H, W], dtype and device of x.
+
+        Raises
+        ------
+        TypeError
+            ``x`` not a real floating-point tensor; ``sigma`` a bool, complex or text value;
+            ``generator`` not a torch.Generator.
+        ValueError
+            ``x`` not [B, C, H, W], empty, on the meta device or not finite; ``sigma`` not
+            positive and finite, not one value per image, or 0 in x's dtype; a measurement
+            that overflows x's dtype.
         """
-        _check_image(x)
-        if x.is_complex() or not bool(torch.isfinite(x).all()):
-            raise ValueError("x must hold real, finite values: it contains NaN or Inf "
-                             f"({int((~torch.isfinite(x)).sum())} of {x.numel()} entries)")
+        check_images(x, "x")  # a real float tensor [B, C, H, W] with data, not empty, finite
         s = _sigma_per_image(sigma, x.shape[0], x.dtype, x.device)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got "

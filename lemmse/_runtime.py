@@ -21,17 +21,12 @@ import torch
 __all__ = ["resolve_device", "tune_allocator", "no_tf32", "compiled_forward"]
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; other strings are checked (CUDA present?)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"device must be 'auto' or a torch device string, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available; use 'auto' or 'cpu'")
-    return dev
+def resolve_device(device: str = "auto", name: str = "device") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; other devices are checked (a device string or a
+    torch.device, not the meta device, CUDA present?) by :func:`lemmse._validate.check_device`."""
+    from lemmse._validate import check_device
+
+    return check_device(device, name, auto=True)
 
 
 def tune_allocator(threshold: int = 1 << 30) -> bool:

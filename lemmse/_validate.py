@@ -1,23 +1,40 @@
 """Input checks shared across modules (private; nothing here is re-exported).
 
-The σ rule of the package is :func:`lemmse.estimators._check_sigma` (a float or one value per
-image, positive and finite, still positive in the compute dtype).
-:func:`screen_sigma` runs before it and rejects what a float conversion would silently turn
-into a number: bools (``True`` is 1.0), complex values (the imaginary part is dropped) and
-text, alone or inside a sequence or array.
-:func:`check_finite_output` names the inputs when a finite input gave a non-finite result.
-:func:`check_topk` and :func:`bound_topk` are the ``topk`` rule of the ``posterior`` methods: a
-positive integer, at most the number of keys, whose top-k state fits the memory budget.
+One rule for every public entry point: what an argument *is* (not a tensor, a tensor of a
+non-real-float dtype, a bool, text or complex value where a number goes, a float where an
+integer goes) is a TypeError; what it *holds* (its shape, size, emptiness, NaN/Inf, range,
+device) a ValueError.  Every message names the argument and says what was expected.
+(``lemmse.estimators`` still has its own image and σ checks, ``_check_images`` and
+``_check_sigma``: the same rule except a ValueError for a non-float dtype, and a crash on a
+meta-device ``train``; they are to be replaced by the functions here.)
+
+- :func:`check_images`: the one image check (a real floating-point tensor ``[B, C, H, W]`` with
+  data, not empty, finite, on the expected device);
+- :func:`parse_sigma`: the one σ parser (a float or one value per image, positive and finite,
+  still positive in the compute dtype); :func:`screen_sigma` is its first step and rejects
+  what a float conversion would silently turn into a number: bools (``True`` is 1.0), complex
+  values (the imaginary part is dropped) and text, alone or inside a sequence or array.
+  ``lemmse.estimators._check_sigma`` applies the same rule (plus the 1/σ² overflow of its
+  logits) with its own code;
+- :func:`check_device`, :func:`check_bool`, :func:`check_int`, :func:`check_float`,
+  :func:`check_choice`: scalar arguments;
+- :func:`check_finite_output` names the inputs when a finite input gave a non-finite result;
+- :func:`check_topk` and :func:`bound_topk` are the ``topk`` rule of the ``posterior``
+  methods: a positive integer, at most the number of keys, whose top-k state fits the memory
+  budget.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
+import operator
 
 import numpy as np
 import torch
 
-__all__ = ["screen_sigma", "check_finite_output", "check_topk", "bound_topk"]
+__all__ = ["check_images", "parse_sigma", "screen_sigma", "check_device", "check_bool", "check_int",
+           "check_float", "check_choice", "check_finite_output", "check_topk", "bound_topk"]
 
 
 def _kind(v) -> str | None:
@@ -51,6 +68,132 @@ def screen_sigma(sigma, name: str = "sigma"):
         raise TypeError(f"{name} must be a positive float or one positive float per image, "
                         f"got {kind} values ({sigma!r:.60})")
     return sigma.detach() if isinstance(sigma, torch.Tensor) else sigma
+
+
+_LAYOUTS = {3: "[C, H, W]", 4: "[B, C, H, W]"}
+
+
+def check_images(x, name: str = "x", *, ndims=(4,), device=None, device_name: str | None = None,
+                 finite: bool = True, allow_empty: bool = False) -> torch.Tensor:
+    """Return ``x`` if it is a real floating-point image tensor with data; else raise.
+
+    TypeError: ``x`` is not a tensor, or its dtype is not a real float (int, bool, complex).
+    ValueError: ``x`` has a number of dimensions not in ``ndims`` (layouts ``[C, H, W]``,
+    ``[B, C, H, W]``), lives on the meta device (a shape without values), is on another device
+    than ``device`` (that of ``device_name``), has a dimension of size 0 (unless
+    ``allow_empty``), or holds NaN or Inf (when ``finite``).  Every message starts with ``name``.
+    """
+    layouts = " or ".join(_LAYOUTS.get(d, f"{d}-D") for d in ndims)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layouts}, got {type(x).__name__}")
+    if x.ndim not in ndims:
+        count = " or ".join(map(str, ndims))
+        raise ValueError(f"{name} must have {count} dimensions {layouts}, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a real floating-point dtype, got {x.dtype}; convert it "
+                        f"with {name}.float() (images are float values in [0, 1])")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (a shape without values); pass a tensor "
+                         f"with data, on 'cpu' or 'cuda'")
+    if device is not None and x.device != torch.device(device):
+        raise ValueError(f"{name} is on device {x.device}, but {device_name or 'the computation'} "
+                         f"is on {device}; move it with {name}.to({str(device)!r})")
+    if not allow_empty and 0 in x.shape:
+        raise ValueError(f"{name} is empty: it needs at least one image with pixels, got shape "
+                         f"{tuple(x.shape)}")
+    if finite and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} must hold real, finite values: it contains NaN or Inf "
+                         f"({bad} of {x.numel()} entries)")
+    return x
+
+
+def parse_sigma(sigma, batch: int | None = None, dtype: torch.dtype = torch.float64, device="cpu",
+                *, name: str = "sigma") -> torch.Tensor:
+    """σ as a 1-D tensor of ``dtype`` on ``device``: the one σ parser of the package.
+
+    ``sigma`` is a float (any real number) or a 1-D sequence, array or tensor of floats.  With
+    ``batch``, one value for all images (returned repeated ``batch`` times) or exactly one per
+    image; with ``batch=None`` (a list of noise levels), any non-zero number of values.
+
+    TypeError: a bool, complex or text value (alone or as an element), None or another object.
+    ValueError: a value not positive and finite, the wrong number of values or dimensions, a
+    tensor on the meta device, or a value that underflows to 0 in ``dtype``.
+    """
+    sigma = screen_sigma(sigma, name)
+    what = "a float or one value per image" if batch is not None else "a float or a list of floats"
+    if isinstance(sigma, numbers.Real):
+        try:
+            s = torch.tensor([float(sigma)], dtype=torch.float64)
+        except OverflowError:
+            raise ValueError(f"{name} must be positive and finite, got {sigma!r:.60}") from None
+        scalar = True
+    else:
+        if isinstance(sigma, torch.Tensor):
+            if sigma.device.type == "meta":
+                raise ValueError(f"{name} is on the meta device (a shape without values); pass "
+                                 f"{what}")
+            if not (sigma.is_floating_point() or sigma.dtype in (torch.int32, torch.int64)):
+                raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {sigma.dtype}")
+        try:
+            if isinstance(sigma, torch.Tensor):
+                s = sigma.to(device="cpu", dtype=torch.float64)
+            else:
+                s = torch.as_tensor(sigma, dtype=torch.float64, device="cpu")
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise TypeError(f"{name} must be {what}, got {type(sigma).__name__} "
+                            f"({sigma!r:.60})") from None
+        scalar = s.ndim == 0
+        if s.ndim > 1:
+            raise ValueError(f"{name} must be {what} (a 1-D tensor or sequence), got shape "
+                             f"{tuple(s.shape)}")
+        s = s.reshape(-1)
+    if batch is not None:
+        if scalar:
+            s = s.expand(batch)
+        elif s.numel() != batch:
+            raise ValueError(f"{name} must be {what} (length {batch}), got length {s.numel()}")
+    elif s.numel() == 0:
+        raise ValueError(f"{name} must hold at least one value, got an empty {type(sigma).__name__}")
+    if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+        raise ValueError(f"{name} must be positive and finite, got {s.tolist()}")
+    low = float(s.min()) if s.numel() else 1.0
+    cast = s.to(dtype)
+    if not bool((cast > 0).all()):
+        raise ValueError(f"{name} = {low:g} underflows to 0 in {dtype} (smallest positive normal "
+                         f"{torch.finfo(dtype).tiny:g}); use a larger {name} or float64")
+    return cast.to(device).contiguous()
+
+
+def check_device(device, name: str = "device", *, auto: bool = False) -> torch.device:
+    """``device`` (a string such as 'cpu', 'cuda', 'cuda:1', or a torch.device) as a
+    torch.device, checked: TypeError for another type, ValueError for an unknown name, the
+    meta device (no values) or CUDA where there is none.  With ``auto``, "auto" means CUDA
+    when available, else the CPU."""
+    if auto and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be a device string such as 'cpu' or 'cuda' (or a "
+                        f"torch.device), got {type(device).__name__} {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        lead = "'auto' or a torch device string" if auto else "a torch device string"
+        raise ValueError(f"{name} must be {lead}, got {device!r} (for example 'cpu', 'cuda' "
+                         f"or 'cuda:0')") from None
+    if dev.type == "meta":
+        raise ValueError(f"{name}={device!r} holds no values (the meta device); use 'cpu' or 'cuda'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={device!r} was requested but CUDA is not available; use "
+                         f"{'auto' if auto else 'cpu'!r}")
+    return dev
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is True or False (numpy bools too), else a TypeError naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_finite_output(out: torch.Tensor, what: str, hint) -> torch.Tensor:
@@ -104,9 +247,6 @@ def bound_topk(topk: int, n_keys: int, n_queries: int, memory_budget: int) -> in
 # --- scalar arguments (train, nets)
 # One rule for the scalar arguments of TrainConfig, make_model and friends: a wrong type
 # (a bool, a string, 1.5 for an integer) is a TypeError, a value out of range a ValueError.
-
-import math  # noqa: E402 (imported with the section that uses them)
-import operator  # noqa: E402
 
 
 def check_int(name: str, value, minimum=None) -> int:

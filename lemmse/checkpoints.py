@@ -295,7 +295,11 @@ def load_checkpoint(path, device="cpu"):
         No file at ``path``.
     ValueError
         Corrupt file, not a lemmse checkpoint, or weights that do not fit the recorded model.
+    TypeError, ValueError
+        ``device`` neither a device string ("auto", "cpu", "cuda:0", ...) nor a torch.device;
+        an unknown or meta device; CUDA where there is none.
     """
+    device = resolve_device(device)  # a bad device fails before the file is read
     ckpt = _read_checkpoint(path)
     _check_manifest(Path(path))
     _check_weights(ckpt, path)
@@ -306,7 +310,7 @@ def load_checkpoint(path, device="cpu"):
         model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} does not hold weights for {ckpt['model_hparams']}: {err}") from err
-    model = model.to(resolve_device(device) if isinstance(device, str) else device).eval()
+    model = model.to(device).eval()
     model.requires_grad_(False)
     model.train_config = config
     history = {k: torch.as_tensor(ckpt["history"][k]) for k in ("loss", "lr")}

@@ -148,11 +148,14 @@ class TrainConfig:
             raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.device != "auto":
             try:
-                torch.device(self.device)
+                meta = torch.device(self.device).type == "meta"
             except (RuntimeError, ValueError):
                 raise ValueError(
                     f"device must be 'auto' or a torch device string ('cpu', 'cuda', 'cuda:0'), got {self.device!r}"
                 ) from None
+            if meta:
+                raise ValueError(f"device={self.device!r} holds no values (the meta device); use "
+                                 f"'auto', 'cpu' or 'cuda'")
         set_("checkpoint_every", check_int("checkpoint_every", self.checkpoint_every, 0))
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile must be True or False, got {self.compile!r}")

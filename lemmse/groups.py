@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lemmse._validate import check_images, check_int, parse_sigma
+
 __all__ = ["GroupElement", "Group", "get_group", "GROUPS", "symmetry_score"]
 
 # the eight elements of D4 as functions of the last two dimensions
@@ -198,10 +200,12 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
     Parameters
     ----------
     train, test : Tensor ``[N, C, H, W]``
+        Real floating-point, finite, not empty, with the same channels.
     group : str or Group
     patch_size : int
-        Odd ``P``.
+        Odd ``P``, at most the image size.
     sigma : float or sequence of floats
+        One or more positive, finite noise levels.
     n_patches : int
         Number of test patches (drawn uniformly over images and positions, seeded).
     seed : int
@@ -219,19 +223,17 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
 
     G = get_group(group)
     for name, t in (("train", train), ("test", test)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[0] < 1:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a tensor [N, C, H, W] with N >= 1, got {got}")
+        check_images(t, name)  # real float [N, C, H, W] with data, not empty, finite
     if train.shape[1] != test.shape[1]:
         raise ValueError(f"train and test must have the same channels, got {train.shape[1]} and {test.shape[1]}")
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size % 2 == 0:
+    P = check_int("patch_size", patch_size, 1)
+    if P % 2 == 0:
         raise ValueError(f"patch_size must be odd and positive, got {patch_size!r}")
-    P = patch_size
-    sigmas = [float(sigma)] if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
-    if not sigmas or not all(math.isfinite(s) and s > 0 for s in sigmas):
-        raise ValueError(f"sigma must be positive and finite, got {sigma!r}")
-    if isinstance(n_patches, bool) or not isinstance(n_patches, int) or n_patches < 1:
-        raise ValueError(f"n_patches must be a positive integer, got {n_patches!r}")
+    side = min(train.shape[-2:] + test.shape[-2:])
+    if P > side:
+        raise ValueError(f"patch_size must be at most the image size {side}, got {P}")
+    sigmas = parse_sigma(sigma).tolist()  # one or more noise levels, positive and finite
+    n_patches = check_int("n_patches", n_patches, 1)
     C = train.shape[1]
     D = C * P * P
     gen = torch.Generator().manual_seed(int(seed))

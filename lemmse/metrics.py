@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from lemmse._validate import check_float, check_images
+
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image, in dB.
@@ -28,14 +30,24 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     Returns
     -------
     Tensor ``[B]`` (``inf`` where the images are equal)
+
+    Raises
+    ------
+    TypeError
+        ``x`` or ``y`` not a real floating-point tensor; ``data_range`` not a number.
+    ValueError
+        Shapes that differ or are not ``[B, C, H, W]``; an empty, meta or non-finite input;
+        inputs on two devices; ``data_range`` not positive and finite.
     """
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError("x and y must be torch.Tensor")
-    if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"x and y must both be [B, C, H, W] of the same shape, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    check_images(x, "x")
+    check_images(y, "y", device=x.device, device_name="x")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape [B, C, H, W], got {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
+    data_range = check_float("data_range", data_range)
     if not data_range > 0:
-        raise ValueError(f"data_range must be positive, got {data_range}")
+        raise ValueError(f"data_range must be positive (the peak value, 1 for images in [0, 1]), "
+                         f"got {data_range}")
     mse = ((x.double() - y.double()) ** 2).mean(dim=(1, 2, 3))
     return 10 * torch.log10(data_range ** 2 / mse)
 
@@ -98,8 +110,9 @@ def fsds(pred: torch.Tensor, target: torch.Tensor):
     TypeError
         If an input is not a real floating-point tensor.
     ValueError
-        If the shapes differ or are not ``[C, H, W]`` / ``[B, C, H, W]``, if a value is not
-        finite, or if an image is constant.
+        If the shapes differ or are not ``[C, H, W]`` / ``[B, C, H, W]``, if an input is empty,
+        on the meta device or on another device than ``pred``, if a value is not finite, or if
+        an image is constant.
     """
     for name, x in (("pred", pred), ("target", target)):
         if not isinstance(x, torch.Tensor):
@@ -114,6 +127,8 @@ def fsds(pred: torch.Tensor, target: torch.Tensor):
     if pred.ndim not in (3, 4):
         raise ValueError(f"pred and target must be [C, H, W] or [B, C, H, W], got "
                          f"{pred.ndim} dimensions {tuple(pred.shape)}")
+    for name, x in (("pred", pred), ("target", target)):  # devices and sizes before values
+        check_images(x, name, ndims=(3, 4), device=pred.device, device_name="pred", finite=False)
     single = pred.ndim == 3
     P = pred.detach().to(torch.float64)
     T = target.detach().to(torch.float64)

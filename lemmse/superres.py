@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from lemmse._native import load_kernel, load_slide_kernel
+from lemmse._validate import check_images
 from lemmse.engine import DEFAULT_MEMORY_BUDGET, no_tf32
 from lemmse.estimators import LEMMSE, Posterior, _check_images, _check_sigma
 from lemmse.patches import extract_patches, unfold
@@ -115,6 +116,7 @@ class SuperResolutionLEMMSE(LEMMSE):
                  memory_budget=DEFAULT_MEMORY_BUDGET, backend="auto", algorithm="auto"):
         if not isinstance(operator, SuperResolution):
             raise TypeError(f"operator must be a SuperResolution, got {type(operator).__name__}")
+        check_images(train, "train", finite=False)  # shared rule first: meta tensors have no values
         _check_images(train, "train")
         if preinverse != "identity":
             raise ValueError(f"preinverse must be 'identity' for super-resolution (the estimator "

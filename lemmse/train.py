@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from lemmse._runtime import compiled_forward, no_tf32, resolve_device, tune_allocator
-from lemmse._validate import check_finite_output, check_int, screen_sigma
+from lemmse._validate import check_finite_output, check_images, check_int, parse_sigma
 from lemmse.checkpoints import (CHECKPOINT_FORMAT, _check_data, _check_same, _history_tensors,
                                 _read_checkpoint, _resume_training, _save_training,
                                 checkpoint_path, data_fingerprint, export_checkpoint,
@@ -344,13 +344,7 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     config = getattr(model, "train_config", None) if config is None else config
     if not isinstance(config, TrainConfig):
         raise ValueError("config is needed (a TrainConfig) when the model has no train_config attribute")
-    from lemmse.estimators import _check_images, _check_sigma  # the estimators' own rules
-
-    _check_images(y, "y")
-    if y.is_complex():
-        raise ValueError(f"y must be a real floating-point tensor, got {y.dtype}")
-    if 0 in y.shape[2:]:
-        raise ValueError(f"y is empty: its images have no pixels, got shape {tuple(y.shape)}")
+    check_images(y, "y")  # a real float tensor [B, C, H, W] with data, not empty, finite
     channels = getattr(model, "channels", None)
     if channels is not None and y.shape[1] != channels:
         raise ValueError(f"y has {y.shape[1]} channels, but the network takes {channels}")
@@ -359,7 +353,7 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
         raise ValueError(f"model has factor={factor}, but task {config.task!r} of the config needs "
                          f"a network with factor={want}")
     device = next(model.parameters()).device
-    sigma = _check_sigma(screen_sigma(sigma), y.shape[0], torch.float32, device)
+    sigma = parse_sigma(sigma, y.shape[0], torch.float32, device)
     if not bool(torch.isfinite(sigma).all()):
         raise ValueError(f"sigma overflows float32, in which the network computes (largest "
                          f"{torch.finfo(torch.float32).max:.2g}); it was trained on "
@@ -400,8 +394,7 @@ def train_or_load(
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if isinstance(device, str):
-        resolve_device(device)  # a bad device fails now, not after training
+    device = resolve_device(device)  # a bad device fails now, not after training
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a folder path (str or os.PathLike), got {type(root).__name__} {root!r}")
     if Path(root).exists() and not Path(root).is_dir():
@@ -416,7 +409,7 @@ def train_or_load(
     partial = final.with_name(final.name[: -len(".pt")] + ".partial.pt")
     result = train_model(config, data, checkpoint=partial, data_root=data_root, progress=progress)
     os.replace(partial, final)
-    model = result.model.to(resolve_device(device) if isinstance(device, str) else device)
+    model = result.model.to(device)
     model.requires_grad_(False)
     model.train_config = config
     return model

@@ -302,12 +302,18 @@ def test_symmetry_score_matches_oracle(group, C):
 
 def test_symmetry_score_errors():
     x = O.smooth_images(4, 1, 7, 7, seed=0).float()
-    for kwargs, match in (({"train": x[0]}, "train must be a tensor"),
-                          ({"test": x.repeat(1, 3, 1, 1)}, "same channels"),
-                          ({"patch_size": 4}, "patch_size"), ({"patch_size": 3.0}, "patch_size"),
-                          ({"sigma": [0.1, float("nan")]}, "sigma"), ({"sigma": []}, "sigma"),
-                          ({"n_patches": 0}, "n_patches")):
+    # the rule of lemmse._validate: a wrong type is a TypeError, a wrong value a ValueError
+    for kwargs, kind, match in (({"train": x[0]}, ValueError, "train must have 4 dimensions"),
+                                ({"train": x.long()}, TypeError, "train must have a real floating"),
+                                ({"test": x[:1] * float("nan")}, ValueError, "test must hold real, finite"),
+                                ({"test": x.repeat(1, 3, 1, 1)}, ValueError, "same channels"),
+                                ({"patch_size": 4}, ValueError, "patch_size"),
+                                ({"patch_size": 9}, ValueError, "patch_size must be at most the image size 7"),
+                                ({"patch_size": 3.0}, TypeError, "patch_size"),
+                                ({"sigma": [0.1, float("nan")]}, ValueError, "sigma"),
+                                ({"sigma": []}, ValueError, "sigma"), ({"sigma": "0.1"}, TypeError, "sigma"),
+                                ({"n_patches": 0}, ValueError, "n_patches")):
         args = {"train": x, "test": x, "group": "d4", "patch_size": 3, "sigma": 0.1}
         args.update(kwargs)
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(kind, match=match):
             symmetry_score(**args)

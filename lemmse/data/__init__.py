@@ -37,7 +37,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lemmse.data._files import MANIFEST, SPLITS, _check_n, _check_split, data_root, verify_file
+from lemmse.data._files import (MANIFEST, SPLITS, _check_download, _check_n, _check_split,
+                                data_root, verify_file)
 from lemmse.data.cifar10 import (CIFAR10_BATCH_MD5, CIFAR10_DIR, CIFAR10_MD5, CIFAR10_URL,
                                  _cifar_read, load_cifar10)
 from lemmse.data.fashion_mnist import (FASHION_MNIST_DIR, FASHION_MNIST_MD5, FASHION_MNIST_URL,
@@ -111,6 +112,7 @@ def load_labels(
         int64 [N], aligned with :func:`load_dataset`'s images.
     """
     name, split, n = _check_name(name), _check_split(split), _check_n(n)
+    download = _check_download(download)
     if name == "ffhq32":
         raise ValueError("name='ffhq32' has no labels (FFHQ is an unlabelled face data set)")
     if name == "fashion-mnist":

@@ -88,6 +88,13 @@ def _check_split(split) -> str:
     return split
 
 
+def _check_download(download) -> bool:
+    """``download`` if it is True or False: a string such as "no" is a TypeError, not True."""
+    from lemmse._validate import check_bool
+
+    return check_bool("download", download)
+
+
 def _check_n(n) -> int | None:
     if n is None:
         return None

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lemmse.data._files import (_VERIFIED, _check_n, _check_split, _corrupt_official, _download,
-                                _key, _missing, _resolve_root, _to_float, _write_atomic,
-                                verify_file)
+from lemmse.data._files import (_VERIFIED, _check_download, _check_n, _check_split,
+                                _corrupt_official, _download, _key, _missing, _resolve_root,
+                                _to_float, _write_atomic, verify_file)
 
 __all__ = ["load_cifar10"]
 
@@ -202,6 +202,6 @@ def load_cifar10(split: str = "train", n: int | None = None, root=None, download
         Corrupt batch, or ``n`` larger than the images present (the message names the
         files read).
     """
-    split, n = _check_split(split), _check_n(n)
+    split, n, download = _check_split(split), _check_n(n), _check_download(download)
     data, _ = _cifar_read(split, n, root, download)
     return _to_float(data.reshape(-1, 3, 32, 32))

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lemmse.data._files import (_VERIFIED, _check_n, _check_split, _corrupt_official, _download,
-                                _key, _missing, _resolve_root, _to_float, verify_file)
+from lemmse.data._files import (_VERIFIED, _check_download, _check_n, _check_split,
+                                _corrupt_official, _download, _key, _missing, _resolve_root,
+                                _to_float, verify_file)
 
 __all__ = ["load_fashion_mnist"]
 
@@ -156,7 +157,7 @@ def load_fashion_mnist(split: str = "train", n: int | None = None, root=None, do
     ValueError
         Truncated or corrupt file, or ``n`` larger than the split.
     """
-    split, n = _check_split(split), _check_n(n)
+    split, n, download = _check_split(split), _check_n(n), _check_download(download)
     path = _fashion_path(split, "images", root, download)
     images = _read_idx(path, 2051, 3, n, "an IDX3 image file")
     return _to_float(images)[:, None]

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lemmse.data._files import _check_n, _check_split, _missing, _read_manifest, _resolve_root, _to_float
+from lemmse.data._files import (_check_download, _check_n, _check_split, _missing, _read_manifest,
+                                _resolve_root, _to_float)
 
 __all__ = ["load_ffhq32"]
 
@@ -103,7 +104,7 @@ def load_ffhq32(split: str = "train", n: int | None = None, root=None, download:
     ValueError
         No test images, ``n`` too large, checksum mismatch, unreadable or wrong-size PNG.
     """
-    split, n = _check_split(split), _check_n(n)
+    split, n, download = _check_split(split), _check_n(n), _check_download(download)
     folder, files = _ffhq_files(root, split)
     if n is not None and n > len(files):
         raise ValueError(f"n={n} but the FFHQ-32 {split} split in {folder} holds only {len(files)} images")

@@ -1,9 +1,3 @@
-"""WORK IN PROGRESS, not collected by pytest (file name): on the package of 2026-12-05 this battery
-finds 82 failing cases of 836 (65 crash, 15 silent, 2 obscure; one marked xfail) and its fault part
-has never been run. Fix the package (or mark cases xfail(strict=True) with a reason), run the fault
-tests, then rename this file to tests/test_battery.py so that the test command runs it (issue 18).
-"""
-
 """Issue 18's acceptance batteries: bad input and faults over every public entry point.
 
 Each case calls one entry point and names what it accepts: a clear error (an exception of the
@@ -45,6 +39,9 @@ from lemmse import (LEMMSE, MMSE, Blur, Denoising, EquivariantMMSE, Inpainting, 
 from lemmse.train import TrainConfig, load_checkpoint, predict, train_model, train_or_load
 
 ROOT = Path(__file__).resolve().parents[1]
+if not (lemmse.data.data_root() / "fashion-mnist").is_dir():  # conftest sets LEMMSE_DATA
+    pytest.skip("FashionMNIST not found (set LEMMSE_DATA): the battery runs on crops of it",
+                allow_module_level=True)
 CKPT = sorted((ROOT / "results" / "checkpoints").glob(
     "fashion-mnist_denoising_agnostic_unet_P5_w16_n10000_s800_????????????.pt"))[0]
 H = 12  # crop of the FashionMNIST images: fast estimators
@@ -271,6 +268,8 @@ def _sr_cases():
     case(entry, "patch_size-even", lambda: sr(patch_size=4), Err(ValueError, "patch_size"))
     case(entry, "patch_size-large", lambda: sr(patch_size=9), Err(ValueError, "patch_size"))
     case(entry, "preinverse-inverse", lambda: sr(preinverse="inverse"), Err(ValueError, "preinverse"))
+    case(entry, "train-meta", lambda: LEMMSE(TRAIN.to("meta"), SuperResolution(2), patch_size=3),
+         Err((ValueError, TypeError), "train"))
     case(entry, "y-hr", lambda: sr()(Y0, 0.1), Err(ValueError, "y"))
     case(entry, "y-3d", lambda: sr()(yl[0], 0.1), Err(ValueError, "y"))
     case(entry, "y-nan", lambda: sr()(yl * float("nan"), 0.1), Err(ValueError, "y"))
@@ -326,6 +325,7 @@ def _measure_cases():
         case(entry, "sigma-length", m(sigma=[0.1] * 3), Err(ValueError, "sigma"))
         case(entry, "sigma-text", m(sigma="0.1"), Err(TypeError, "sigma"))
         case(entry, "sigma-huge", m(sigma=1e39), Err(ValueError, "sigma"))
+        case(entry, "sigma-underflow", m(sigma=1e-50), Err(ValueError, "sigma"))  # 0 in float32
         case(entry, "generator-int", m(gen=0), Err(TypeError, "generator"))
         case(entry, "x-meta", m(Y0.to("meta")), Err((ValueError, TypeError), "x", "device"))
         case(entry, "valid-per-image", m(sigma=torch.tensor([0.1, 0.2]), gen=torch.Generator().manual_seed(3)),
@@ -428,6 +428,7 @@ def _checkpoint_cases(tmp):
     case(entry, "path-none", lambda: lc(None), Err(TypeError, "path"))
     case(entry, "device-unknown", lambda: lc(good, device="gpu9"), Err(ValueError, "device"))
     case(entry, "device-int", lambda: lc(good, device=3.5), Err((TypeError, ValueError), "device"))
+    case(entry, "device-meta", lambda: lc(good, device="meta"), Err(ValueError, "device"))
     if not torch.cuda.is_available():
         case(entry, "device-cuda-absent", lambda: lc(good, device="cuda"), Err((ValueError, RuntimeError), "cuda"))
     case(entry, "valid-str-path", lambda: lc(str(good)),
@@ -440,6 +441,7 @@ def _checkpoint_cases(tmp):
                              ("batch_size", True, TypeError), ("physics", "half", ValueError),
                              ("device", "gpu9", ValueError), ("sigma_max", float("inf"), ValueError),
                              ("ema_decay", 1.5, ValueError), ("group", "c7", ValueError),
+                             ("device", "meta", ValueError),
                              ("split", "val", ValueError)]:
         case(entry, f"{field}-{bad!r}", lambda f=field, b=bad: _tiny(**{f: b}), Err((kind, ValueError), field))
 
@@ -460,6 +462,7 @@ def _checkpoint_cases(tmp):
     case(entry, "data-smaller-than-patch", t(config=_tiny(patch_size=5), data=_smooth(size=3)),
          Err(ValueError, "patch_size"))
     case(entry, "device-unknown", t(device="gpu9"), Err(ValueError, "device"))
+    case(entry, "device-meta", t(device="meta"), Err(ValueError, "device"))
     case(entry, "data_root-file", t(data=None, data_root=afile, config=_tiny(dataset="fashion-mnist")),
          Err((ValueError, FileNotFoundError), "root", "a-file"))
     case(entry, "valid-tiny", t(root=tmp / "ok"),
@@ -500,6 +503,7 @@ def _misc_cases():
     case(entry, "data_range-nan", lambda: psnr(a, b, float("nan")), Err(ValueError, "data_range"))
     case(entry, "data_range-inf", lambda: psnr(a, b, float("inf")), Err(ValueError, "data_range"))
     case(entry, "data_range-text", lambda: psnr(a, b, "1"), Err(TypeError, "data_range"))
+    case(entry, "data_range-bool", lambda: psnr(a, b, True), Err(TypeError, "data_range"))
     case(entry, "x-nan", lambda: psnr(a * float("nan"), b), Err(ValueError, "x"))
     case(entry, "y-inf", lambda: psnr(a, b / 0), Err(ValueError, "y"))
     case(entry, "empty", lambda: psnr(a[:0], b[:0]), Err(ValueError, "empty"))
@@ -510,13 +514,18 @@ def _misc_cases():
 
     entry = "fsds"
     case(entry, "shape-mismatch", lambda: fsds(a, b[:1]), Err(ValueError, "shape"))
-    case(entry, "ndim-3", lambda: fsds(a[0], b[0]), Err(ValueError, "pred", "[B, C, H, W]"))
+    # one [C, H, W] image is documented (a float): the score of the batch's first image
+    case(entry, "single-image-valid", lambda: fsds(a[0], b[0]),
+         Ok(lambda r: None if isinstance(r, float) and r == float(fsds(a[:1], b[:1])[0])
+            else f"{r!r} is not the score of the image in a batch"))
+    case(entry, "ndim-2", lambda: fsds(a[0, 0], b[0, 0]), Err(ValueError, "[B, C, H, W]"))
     case(entry, "list", lambda: fsds(a.tolist(), b), Err(TypeError, "pred"))
     case(entry, "nan", lambda: fsds(a * float("nan"), b), Err(ValueError, "pred"))
     case(entry, "inf", lambda: fsds(a, b / 0), Err(ValueError, "target"))
     case(entry, "empty", lambda: fsds(a[:0], b[:0]), Err(ValueError, "empty"))
     case(entry, "constant", lambda: fsds(torch.ones_like(a), b), Err(ValueError, "constant", "pred"))
     case(entry, "device-mismatch", lambda: fsds(a, b.to("meta")), Err(ValueError, "device"))
+    case(entry, "meta-both", lambda: fsds(a.to("meta"), b.to("meta")), Err(ValueError, "pred", "meta"))
     case(entry, "complex", lambda: fsds(a.to(torch.complex64), b), Err((TypeError, ValueError), "pred"))
     case(entry, "int", lambda: fsds((a * 255).to(torch.uint8), (b.clamp(0, 1) * 255).to(torch.uint8)), Ok())
     case(entry, "size-1", lambda: fsds(a[:, :, :1, :1], b[:, :, :1, :1]), Err(ValueError, "pred", "size", "constant"))
@@ -537,6 +546,7 @@ def _misc_cases():
     case(entry, "sigma-0", ss(sigma=0.0), Err(ValueError, "sigma"))
     case(entry, "sigma-nan", ss(sigma=[0.1, float("nan")]), Err(ValueError, "sigma"))
     case(entry, "sigma-text", ss(sigma="0.2"), Err(TypeError, "sigma"))
+    case(entry, "sigma-bool", ss(sigma=[0.2, True]), Err(TypeError, "sigma"))
     case(entry, "sigma-empty", ss(sigma=[]), Err(ValueError, "sigma"))
     case(entry, "n_patches-0", ss(n_patches=0), Err(ValueError, "n_patches"))
     case(entry, "n_patches-float", ss(n_patches=2.5), Err((TypeError, ValueError), "n_patches"))
@@ -621,12 +631,21 @@ def _tmp_cases(tmp):
     return _TMP_CASES
 
 
-#: Cases whose fix is too big for now: id -> reason (xfail, strict).
+#: Cases whose fix is too big for now, or lies outside this branch: id -> reason (xfail, strict:
+#: a fix turns them into a failure, and the mark is then removed).
 KNOWN = {
     "LEMMSE-blur-inverse.__call__:ill-conditioned-kernel-float32":
         "float32 whitened distances of an ill-conditioned inverse filter (k^ = 0 at Nyquist) lose "
         "~1e-2 of the estimate; a fix needs float64 distances or a conditioning warning",
 }
+for _entry, _cid, *_ in CASES:
+    if _entry in ("MMSE.log_density", "EquivariantMMSE.log_density"):
+        KNOWN[f"{_entry}:{_cid}"] = "log_density of MMSE/EquivariantMMSE: issue 16 branch"
+for _name in ESTIMATORS:
+    KNOWN[f"{_name}():train-meta"] = (
+        "lemmse.estimators._check_images reads bool(torch.isfinite(train).all()) (.item() on a "
+        "meta tensor: RuntimeError) before any shared check; the fix, calling "
+        "lemmse._validate.check_images there, is an edit of estimators.py")
 
 TMP_IDS = ([f"load_dataset:{c}" for c in ["name-unknown", "name-none", "name-int", "split-val",
                                            "split-none", "n-negative", "n-zero", "n-float", "n-text",
@@ -634,16 +653,18 @@ TMP_IDS = ([f"load_dataset:{c}" for c in ["name-unknown", "name-none", "name-int
                                            "root-int", "download-text", "valid-numpy-n"]]
            + [f"load_checkpoint:file-{f}" for f in ["truncated", "empty", "text", "dict", "tensor", "flipped"]]
            + [f"load_checkpoint:{c}" for c in ["file-missing", "file-folder", "path-int", "path-none",
-                                                "device-unknown", "device-int", "valid-str-path"]]
+                                                "device-unknown", "device-int", "device-meta",
+                                                "valid-str-path"]]
            + ([] if torch.cuda.is_available() else ["load_checkpoint:device-cuda-absent"])
            + [f"TrainConfig:{f}-{b!r}" for f, b in [
                ("steps", 0), ("steps", 2.5), ("lr", -1.0), ("lr", float("nan")), ("task", "dehazing"),
                ("arch", "vit"), ("patch_size", 4), ("batch_size", True), ("physics", "half"),
                ("device", "gpu9"), ("sigma_max", float("inf")), ("ema_decay", 1.5), ("group", "c7"),
+               ("device", "meta"),
                ("split", "val")]]
            + [f"train_or_load:{c}" for c in ["config-dict", "root-file", "root-int", "data-3d", "data-list",
                                               "data-int", "data-nan", "data-empty", "data-too-few",
-                                              "data-smaller-than-patch", "device-unknown",
+                                              "data-smaller-than-patch", "device-unknown", "device-meta",
                                               "data_root-file", "valid-tiny"]])
 
 
@@ -697,21 +718,27 @@ def test_truncated_cached_kernel_is_rebuilt_not_loaded(tmp_path):
     from lemmse import _native
     if _native.isa() is None:
         pytest.skip("no native kernels on this CPU")
-    env = {**os.environ, "LEMMSE_CACHE": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    kernels = tmp_path / "kernels"
+    if _native.cache_dir().is_dir():  # start from this machine's cache: one build, not three
+        shutil.copytree(_native.cache_dir(), kernels)
+    env = {**os.environ, "LEMMSE_CACHE": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     prog = ("import torch, lemmse\n"
             "t = lemmse.load_dataset('fashion-mnist', n=6)[:, :, :10, :10].contiguous()\n"
             "print(float(lemmse.LEMMSE(t[:4], patch_size=3)(t[4:], 0.2).double().sum()))\n")
     first = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
-    libs = sorted((tmp_path / "kernels").glob("*.so"))
-    assert libs, "no kernel was cached"
-    for so in libs:
-        raw = so.read_bytes()
-        so.write_bytes(raw[: len(raw) // 3])
+    slide = sorted(kernels.glob("slide_*.so"))  # the one the program loads among them
+    assert slide, "no sliding-window kernel was cached"
+    sizes = {so: so.stat().st_size for so in slide}
+    for so in slide:
+        so.write_bytes(so.read_bytes()[:1000])
     again = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 0, again.stderr  # a bus error would be -7 (SIGBUS)
+    assert "building the native kernel 'slide'" in again.stderr  # rebuilt, not the torch fallback
+    assert "falling back" not in again.stderr
     assert again.stdout == first.stdout
-    assert all(so.stat().st_size == len(raw) or so.stat().st_size > 0 for so in libs)
+    rebuilt = [so for so in slide if _native._verified(so)]
+    assert len(rebuilt) == 1 and rebuilt[0].stat().st_size == sizes[rebuilt[0]]
 
 
 _TRAIN_PROG = """
@@ -756,7 +783,9 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path):
     assert a["step"] == b["step"] == int(steps)
     for k in a["ema"]:
         assert torch.equal(a["ema"][k], b["ema"][k]), k
-    assert a["history"] == b["history"]
+    assert a["history"].keys() == b["history"].keys()
+    for k in a["history"]:
+        assert torch.equal(torch.as_tensor(a["history"][k]), torch.as_tensor(b["history"][k])), k
 
 
 def test_truncated_partial_checkpoint_is_refused_on_resume(tmp_path):
