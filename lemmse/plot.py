@@ -25,7 +25,15 @@ import torch
 # the helpers for scalar maps, curves and matrices live in lemmse.charts
 from lemmse.charts import plot_curves, plot_matrix, show_fields
 
-__all__ = ["to_display", "show_images", "to_png", "show_fields", "plot_curves", "plot_matrix"]
+__all__ = ["to_display", "show_images", "to_png", "show_fields", "plot_curves", "plot_matrix",
+           "smallest_text_px", "figure_png", "png_text_size", "LEGIBLE_PX", "COLUMN_PX"]
+
+#: Smallest legible text height on the page, in CSS pixels (book STYLE: text >= 9 px as displayed).
+LEGIBLE_PX = 9.0
+#: Width of the website's text column at a 1280 px window, in CSS pixels: wider images are shrunk.
+COLUMN_PX = 688
+#: PNG text key under which :func:`figure_png` records the height of the figure's smallest text.
+PNG_KEY = "lemmse:smallest-text-px"
 
 
 def to_display(image, clip: bool = True) -> np.ndarray:
@@ -228,3 +236,54 @@ def to_png(images, *, scale: int = 4, gap: int = 2) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(panel).save(buf, format="PNG")  # uint8 [H, W] -> "L", [H, W, 3] -> "RGB"
     return buf.getvalue()
+
+
+def smallest_text_px(fig, dpi: float | None = None) -> float:
+    """Height in pixels of the smallest visible text of ``fig`` when saved at ``dpi``.
+
+    ``font size (pt) × dpi / 72`` minimised over the visible, non-empty texts of the figure:
+    titles, labels, tick labels (colour bars included), legends and annotations.
+    ``dpi`` defaults to the figure's own. Returns ``inf`` for a figure without text.
+    """
+    from matplotlib.text import Text
+
+    if dpi is None:
+        dpi = fig.dpi
+    if not isinstance(dpi, (int, float)) or isinstance(dpi, bool) or not dpi > 0:
+        raise ValueError(f"dpi must be a positive number, got {dpi!r}")
+    fig.canvas.draw()  # tick labels exist only once drawn
+    sizes = [t.get_fontsize() for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip()
+             and (t.axes is None or t.axes.get_visible())]
+    return min(sizes) * float(dpi) / 72.0 if sizes else float("inf")
+
+
+def figure_png(fig, dpi: float = 100, *, close: bool = True) -> bytes:
+    """Save ``fig`` as PNG bytes at ``dpi``, recording the height of its smallest text.
+
+    The PNG's text chunk ``lemmse:smallest-text-px`` (:func:`smallest_text_px`) lets a reader
+    of the file (the book's page check, ``tests/test_book.py``) tell how large the text is once
+    the image is scaled to the page: ``smallest × displayed width / PNG width``.
+    The figure is closed afterwards unless ``close=False``.
+    """
+    import io
+
+    small = smallest_text_px(fig, dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={PNG_KEY: f"{small:.2f}"})
+    if close:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def png_text_size(png: bytes) -> tuple[float, int] | None:
+    """``(smallest text px, width px)`` recorded by :func:`figure_png` in ``png``, else None."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        info = im.text if hasattr(im, "text") else {}
+        if PNG_KEY not in info:
+            return None
+        return float(info[PNG_KEY]), im.size[0]
