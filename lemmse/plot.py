@@ -239,22 +239,31 @@ def to_png(images, *, scale: int = 4, gap: int = 2) -> bytes:
 
 
 def smallest_text_px(fig, dpi: float | None = None) -> float:
-    """Height in pixels of the smallest visible text of ``fig`` when saved at ``dpi``.
+    """Height in pixels of the smallest text drawn in ``fig`` when saved at ``dpi``.
 
-    ``font size (pt) × dpi / 72`` minimised over the visible, non-empty texts of the figure:
-    titles, labels, tick labels (colour bars included), legends and annotations.
-    ``dpi`` defaults to the figure's own. Returns ``inf`` for a figure without text.
+    ``font size (pt) × dpi / 72``, minimised over the texts the figure actually draws: titles,
+    labels, tick labels (colour bars included), legends, annotations; hidden axes and tick
+    labels outside the view are not drawn and do not count. ``dpi`` defaults to the figure's.
+    Returns ``inf`` for a figure without text.
     """
-    from matplotlib.text import Text
+    from matplotlib.backends.backend_agg import RendererAgg
 
     if dpi is None:
         dpi = fig.dpi
-    if not isinstance(dpi, (int, float)) or isinstance(dpi, bool) or not dpi > 0:
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not dpi > 0:
         raise ValueError(f"dpi must be a positive number, got {dpi!r}")
-    fig.canvas.draw()  # tick labels exist only once drawn
-    sizes = [t.get_fontsize() for t in fig.findobj(Text)
-             if t.get_visible() and t.get_text().strip()
-             and (t.axes is None or t.axes.get_visible())]
+    w, h = fig.get_size_inches() * fig.dpi
+    renderer = RendererAgg(max(int(w), 1), max(int(h), 1), fig.dpi)
+    sizes = []
+    draw_text = renderer.draw_text
+
+    def record(gc, x, y, text, prop, angle, ismath=False, mtext=None):
+        if str(text).strip():
+            sizes.append(prop.get_size_in_points())
+        return draw_text(gc, x, y, text, prop, angle, ismath=ismath, mtext=mtext)
+
+    renderer.draw_text = record
+    fig.draw(renderer)
     return min(sizes) * float(dpi) / 72.0 if sizes else float("inf")
 
 
@@ -287,3 +296,65 @@ def png_text_size(png: bytes) -> tuple[float, int] | None:
         if PNG_KEY not in info:
             return None
         return float(info[PNG_KEY]), im.size[0]
+
+
+def _png_with_text(png: bytes, key: str, value: str) -> bytes:
+    """``png`` with a tEXt chunk ``key: value`` inserted after its header chunk."""
+    import struct
+    import zlib
+
+    body = b"tEXt" + key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    end = 8 + 8 + 13 + 4  # signature, IHDR length and type, IHDR data, CRC
+    return png[:end] + chunk + png[end:]
+
+
+def record_text_size_inline() -> bool:
+    """Make IPython's PNGs of matplotlib figures record their smallest text (book pages).
+
+    In an IPython kernel with the inline backend, wraps the ``image/png`` formatter of
+    figures so that every PNG it makes carries ``lemmse:smallest-text-px``
+    (:func:`smallest_text_px` at the figure's dpi, at which the inline backend saves it), as
+    :func:`figure_png` does; the book's page check (``tests/test_book.py``) reads it from the
+    executed chapters. Called when ``lemmse.plot`` is imported; returns whether the formatter
+    is wrapped. Outside IPython it does nothing.
+    """
+    import base64
+    import sys
+
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    ip = get_ipython()
+    if ip is None or not hasattr(ip, "display_formatter"):
+        return False
+    from matplotlib.figure import Figure
+
+    plt.close(plt.figure())  # load the backend: the inline one registers its formatter now
+    formatter = ip.display_formatter.formatters["image/png"]
+    try:
+        current = formatter.lookup_by_type(Figure)
+    except KeyError:
+        return False
+    if getattr(current, "records_text_size", False):
+        return True
+
+    def png_with_text_size(fig):
+        data = current(fig)
+        if data is None:
+            return data
+        value = f"{smallest_text_px(fig):.2f}"
+        if isinstance(data, bytes):
+            return _png_with_text(data, PNG_KEY, value)
+        if isinstance(data, str):
+            raw = _png_with_text(base64.b64decode(data), PNG_KEY, value)
+            return base64.b64encode(raw).decode("ascii")
+        return data  # (data, metadata) of a retina figure: left as it is
+
+    png_with_text_size.records_text_size = True
+    formatter.for_type(Figure, png_with_text_size)
+    return True
+
+
+record_text_size_inline()

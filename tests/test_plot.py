@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -70,3 +72,34 @@ def test_plot_matrix_marks_row_maxima_and_checks_labels():
         plot_matrix(v, row_labels=["a"], col_labels=["x", "y", "z"], xlabel="", ylabel="")
     with pytest.raises(ValueError, match="2-D"):
         plot_matrix(np.zeros(3), row_labels=[], col_labels=[], xlabel="", ylabel="")
+
+
+def test_inline_figures_record_their_smallest_text(tmp_path, monkeypatch):
+    """In a kernel, importing lemmse.plot makes the inline PNGs carry their smallest text,
+    which the book's page check reads (tests/test_book.py, issue 15 item 3)."""
+    import base64
+    import os
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib_inline")
+    from lemmse.plot import png_text_size
+
+    code = ("import matplotlib.pyplot as plt\n"
+            "import lemmse.plot\n"
+            "fig, ax = plt.subplots(dpi=100)\n"
+            "ax.plot([0, 1])\n"
+            "ax.tick_params(labelsize=7.2)\n"
+            "plt.show()")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    # the kernel imports this checkout's lemmse
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    pngs = [o["data"]["image/png"] for o in nb.cells[0].outputs
+            if "image/png" in o.get("data", {})]
+    assert len(pngs) == 1
+    small, width = png_text_size(base64.b64decode(pngs[0]))
+    assert small == pytest.approx(10.0)  # 7.2 pt at 100 dpi
+    assert 300 < width < 700
