@@ -23,15 +23,12 @@ import numpy as np
 import torch
 
 # the helpers for scalar maps, curves and matrices live in lemmse.charts
-from lemmse.charts import plot_curves, plot_matrix, show_fields
+from lemmse.charts import (COLUMN_PX, LEGIBLE_PX, column_width, plot_curves, plot_matrix,
+                           show_fields)
 
 __all__ = ["to_display", "show_images", "to_png", "show_fields", "plot_curves", "plot_matrix",
-           "smallest_text_px", "figure_png", "png_text_size", "LEGIBLE_PX", "COLUMN_PX"]
-
-#: Smallest legible text height on the page, in CSS pixels (book STYLE: text >= 9 px as displayed).
-LEGIBLE_PX = 9.0
-#: Width of the website's text column at a 1280 px window, in CSS pixels: wider images are shrunk.
-COLUMN_PX = 688
+           "smallest_text_px", "figure_png", "png_text_size", "LEGIBLE_PX", "COLUMN_PX",
+           "column_width"]
 #: PNG text key under which :func:`figure_png` records the height of the figure's smallest text.
 PNG_KEY = "lemmse:smallest-text-px"
 
@@ -118,7 +115,8 @@ def show_images(
     suptitle : str, optional
         A title for the whole figure (for example the data, number of images, sigma and P).
     size : float, optional
-        Width and height of one image in inches (default 1.8).
+        Width and height of one image in inches (default 1.8); lowered when a row would not
+        fit the book's text column (:func:`column_width`), where it would be shrunk.
     cmap : str, optional
         Colour map for one-channel images (default ``"gray"``); values are shown on [0, 1].
 
@@ -162,6 +160,7 @@ def show_images(
 
     nrows = len(rows)
     width = max(len(r) for r in rows)
+    size = min(size, column_width() / width)  # within the book's text column
     fig, axes = plt.subplots(nrows, width, figsize=(size * width, size * nrows + (0.35 if suptitle else 0.0)),
                              squeeze=False)
     for r, row in enumerate(rows):
@@ -234,7 +233,12 @@ def to_png(images, *, scale: int = 4, gap: int = 2) -> bytes:
         parts.append(a)
     panel = np.rint(np.concatenate(parts, axis=1) * 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(panel).save(buf, format="PNG")  # uint8 [H, W] -> "L", [H, W, 3] -> "RGB"
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PNG_KEY, "inf")  # no text: nothing to read (see figure_png)
+    # uint8 [H, W] -> "L", [H, W, 3] -> "RGB"
+    Image.fromarray(panel).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 

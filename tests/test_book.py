@@ -126,6 +126,115 @@ def test_toc_lists_every_chapter():
     assert not missing, f"chapters not in _toc.yml (the website would skip them): {missing}"
 
 
+# Figure text as displayed (issue 15 item 3). The chapters' PNGs record the height of their
+# smallest text (``lemmse:smallest-text-px``, written by ``lemmse.plot`` for inline figures and
+# widget panels); the page shows a PNG at its pixel size, shrunk to the text column when wider.
+# A page may only get better: per chapter, the figures that record nothing (executed before the
+# record existed, or drawn outside matplotlib) and the figures whose text is below LEGIBLE_PX.
+KNOWN_FIGURE_TEXT = {
+    "01_inverse_problems": (2, 0), "02_mmse": (2, 0), "03_equivariance": (2, 0),
+    "04_locality": (3, 0), "05_lemmse": (9, 0), "06_physics": (3, 0), "07_scale": (1, 0),
+    "08_training": (1, 0), "09_agreement": (4, 0), "10_physics_networks": (2, 0),
+    "11_analysis": (5, 0), "13_minnorm": (4, 0), "14_symmetry": (1, 0),
+    "15_superresolution": (4, 0),
+}
+
+
+def figure_pngs(nb) -> list[tuple[str, bytes]]:
+    """``(where, PNG bytes)`` of every image a notebook shows: cell outputs and widget images."""
+    import base64
+
+    out = []
+    for i, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {}).get("image/png")
+            if data:
+                out.append((f"cell {i}", base64.b64decode(data)))
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    for model_id, model in state.get("state", {}).items():
+        st = model.get("state", {})
+        if model.get("model_name") == "ImageModel" and st.get("format") == "png":
+            value = st.get("value")
+            raw = base64.b64decode(value) if isinstance(value, str) else None
+            buffers = [b for b in model.get("buffers", []) if b.get("path") == ["value"]]
+            if buffers:
+                raw = base64.b64decode(buffers[0]["data"])
+            if raw:
+                out.append((f"widget image {model_id[:8]}", raw))
+    return out
+
+
+def figure_text_problems(pngs, known: tuple = (0, 0)) -> tuple[list[str], tuple[int, int]]:
+    """Figures whose smallest text is below LEGIBLE_PX as displayed at 1280 px, and the counts
+    ``(figures recording no text size, illegible figures)`` checked against ``known``."""
+    from lemmse.plot import COLUMN_PX, LEGIBLE_PX, png_text_size
+
+    unmeasured, illegible = [], []
+    for where, png in pngs:
+        record = png_text_size(png)
+        if record is None:
+            unmeasured.append(where)
+            continue
+        small, width = record
+        shown = small * min(1.0, COLUMN_PX / width)
+        if shown < LEGIBLE_PX:
+            illegible.append(f"{where}: smallest text {shown:.1f} px as displayed ({small:.1f} px "
+                             f"in a {width} px wide PNG shown {min(width, COLUMN_PX)} px wide)")
+    counts = (len(unmeasured), len(illegible))
+    problems = []
+    if counts[0] > known[0]:
+        problems.append(f"{counts[0]} figures record no text size (known: {known[0]}), e.g. "
+                        f"{unmeasured[0]}: draw them with matplotlib after importing lemmse.plot "
+                        f"and re-execute the chapter")
+    if counts[1] > known[1]:
+        problems.append(f"{counts[1]} figures with text below {LEGIBLE_PX:g} px as displayed "
+                        f"(known: {known[1]}): " + "; ".join(illegible))
+    return problems, counts
+
+
+def test_figure_text_problems_detects_small_text():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lemmse.plot import figure_png
+
+    def png(width_in, dpi, labelsize):
+        fig, ax = plt.subplots(figsize=(width_in, 3))
+        ax.plot([0, 1])
+        ax.tick_params(labelsize=labelsize)
+        return figure_png(fig, dpi)
+
+    fits = png(6, 100, 8)  # 600 px wide, 11.1 px text
+    shrunk = png(12, 100, 8)  # 1200 px shown 688 px wide: 6.4 px text
+    small = png(6, 72, 8)  # 8 px text
+    assert figure_text_problems([("a", fits)]) == ([], (0, 0))
+    problems, counts = figure_text_problems([("a", fits), ("b", shrunk), ("c", small)])
+    assert counts == (0, 2) and "b: smallest text 6.4 px as displayed" in problems[0]
+    assert "c: smallest text 8.0 px" in problems[0]
+    assert figure_text_problems([("b", shrunk)], known=(0, 1))[0] == []
+    import io
+
+    buf = io.BytesIO()
+    plt.figure().savefig(buf, format="png")  # plain matplotlib: records nothing
+    unrecorded = buf.getvalue()
+    problems, counts = figure_text_problems([("d", unrecorded)])
+    assert counts == (1, 0) and "record no text size" in problems[0]
+
+
+@pytest.mark.parametrize("md", paired_chapters(), ids=lambda p: p.name)
+def test_figure_text_legible(md: Path):
+    nb_path = md.with_suffix(".ipynb")
+    if not nb_path.exists():
+        pytest.skip("notebook missing (reported by test_chapter_pair_in_sync)")
+    known = KNOWN_FIGURE_TEXT.get(md.stem, (0, 0))
+    problems, counts = figure_text_problems(figure_pngs(nbformat.read(nb_path, as_version=4)), known)
+    assert not problems, f"{nb_path.name}: " + "; ".join(problems)
+    if counts < known:
+        print(f"KNOWN_FIGURE_TEXT[{md.stem!r}] can be lowered to {counts}")
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. rendering check
 # ---------------------------------------------------------------------------------------------

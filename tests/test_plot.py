@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lemmse.plot import show_images, to_display  # noqa: E402
+from lemmse.plot import show_images, to_display, to_png  # noqa: E402
 
 
 def test_to_display_shapes_and_clipping():
@@ -103,3 +103,30 @@ def test_inline_figures_record_their_smallest_text(tmp_path, monkeypatch):
     small, width = png_text_size(base64.b64decode(pngs[0]))
     assert small == pytest.approx(10.0)  # 7.2 pt at 100 dpi
     assert 300 < width < 700
+
+
+def test_to_png_panels_record_that_they_have_no_text():
+    from lemmse.plot import png_text_size
+
+    png = to_png([torch.rand(1, 4, 4), torch.rand(1, 4, 6)], scale=2, gap=1)
+    assert png_text_size(png) == (float("inf"), 2 * 4 + 1 + 2 * 6)
+
+
+@pytest.mark.parametrize("draw", ["fields", "images", "grid"])
+def test_helpers_fit_the_column_with_legible_text(draw):
+    """Figures of many panels are sized for the book's text column, so that the page does not
+    shrink them and their smallest text (colour-bar ticks, titles) stays >= 9 px (issue 15)."""
+    from lemmse.plot import COLUMN_PX, LEGIBLE_PX, figure_png, png_text_size, show_fields
+
+    maps = [torch.rand(12, 12) for _ in range(5)]
+    if draw == "fields":
+        fig = show_fields(maps, [f"map {k}" for k in range(5)], suptitle="five maps")
+    elif draw == "images":
+        fig = show_images(torch.rand(8, 1, 12, 12), [f"image {k}" for k in range(8)],
+                          suptitle="eight images")
+    else:
+        fig = show_images([[m] * 6 for m in maps[:2]], row_labels=["a", "b"])
+    with plt.rc_context({"figure.dpi": 100}):
+        small, width = png_text_size(figure_png(fig, dpi=100))
+    assert width <= COLUMN_PX
+    assert small >= LEGIBLE_PX
