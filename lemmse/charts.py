@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["show_fields", "plot_curves", "plot_matrix", "LEGIBLE_PX", "COLUMN_PX", "column_width"]
+__all__ = ["show_fields", "plot_curves", "plot_matrix", "panels", "LEGIBLE_PX", "COLUMN_PX",
+           "column_width"]
 
 #: Smallest legible text height on the page, in CSS pixels (book STYLE: text >= 9 px as displayed).
 LEGIBLE_PX = 9.0
@@ -33,6 +34,34 @@ def column_width(dpi: float | None = None) -> float:
     """
     dpi = plt.rcParams["figure.dpi"] if dpi is None else dpi
     return (COLUMN_PX - 12) / float(dpi)
+
+
+def panels(nrows: int = 1, ncols: int = 1, *, height: float = 3.0, **kwargs):
+    """A figure of ``nrows × ncols`` axes as wide as the book's text column.
+
+    Use it for several panels in one figure (``plot_curves(..., ax=axes[k])``): a figure wider
+    than the column is shrunk on the page and its labels become illegible.
+
+    Parameters
+    ----------
+    nrows, ncols : int
+    height : float, optional
+        Height of one row of panels in inches (default 3).
+    **kwargs
+        Passed to ``matplotlib.pyplot.subplots`` (``sharex``, ``sharey``, …).
+
+    Returns
+    -------
+    (matplotlib.figure.Figure, numpy.ndarray of Axes)
+        The axes always as a 2-D array ``[nrows, ncols]``.
+    """
+    for name, v in (("nrows", nrows), ("ncols", ncols)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not height > 0:
+        raise ValueError(f"height must be positive, got {height!r}")
+    kwargs.setdefault("squeeze", False)
+    return plt.subplots(nrows, ncols, figsize=(column_width(), height * nrows), **kwargs)
 
 
 def _per_field(value, n: int, name: str) -> list:

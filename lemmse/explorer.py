@@ -205,8 +205,9 @@ class Explorer:
             sigma_pages = []
             for s in sigmas:
                 pw = self.weights(image, s, points)
-                panels = [widgets.Image(value=figure_png(self.panel(image, p, s, k, pw), DPI),
-                                        format="png") for p in points]
+                panels = [widgets.Image(value=figure_png(self.panel(image, p, s, k, pw), DPI,
+                                                         colors=128), format="png")
+                          for p in points]
                 del pw
                 menu = widgets.Dropdown(options=labels, description="pixel")
                 stack = widgets.Stack(panels, selected_index=0)

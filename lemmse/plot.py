@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 # the helpers for scalar maps, curves and matrices live in lemmse.charts
-from lemmse.charts import (COLUMN_PX, LEGIBLE_PX, column_width, plot_curves, plot_matrix,
-                           show_fields)
+from lemmse.charts import (COLUMN_PX, LEGIBLE_PX, column_width, panels, plot_curves,
+                           plot_matrix, show_fields)
 
 __all__ = ["to_display", "show_images", "to_png", "show_fields", "plot_curves", "plot_matrix",
+           "panels",
            "smallest_text_px", "figure_png", "png_text_size", "LEGIBLE_PX", "COLUMN_PX",
            "column_width"]
 #: PNG text key under which :func:`figure_png` records the height of the figure's smallest text.
@@ -271,19 +272,34 @@ def smallest_text_px(fig, dpi: float | None = None) -> float:
     return min(sizes) * float(dpi) / 72.0 if sizes else float("inf")
 
 
-def figure_png(fig, dpi: float = 100, *, close: bool = True) -> bytes:
+def figure_png(fig, dpi: float = 100, *, colors: int | None = None, close: bool = True) -> bytes:
     """Save ``fig`` as PNG bytes at ``dpi``, recording the height of its smallest text.
 
     The PNG's text chunk ``lemmse:smallest-text-px`` (:func:`smallest_text_px`) lets a reader
     of the file (the book's page check, ``tests/test_book.py``) tell how large the text is once
     the image is scaled to the page: ``smallest × displayed width / PNG width``.
+    ``colors`` (2 to 256) stores the image with a palette of that many colours, about a third
+    of the size for figures of grey images and a few coloured marks (the widget panels).
     The figure is closed afterwards unless ``close=False``.
     """
     import io
 
+    if colors is not None and (isinstance(colors, bool) or not isinstance(colors, int)
+                               or not 2 <= colors <= 256):
+        raise ValueError(f"colors must be an integer in [2, 256] or None, got {colors!r}")
     small = smallest_text_px(fig, dpi)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={PNG_KEY: f"{small:.2f}"})
+    if colors is not None:
+        from PIL import Image
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text(PNG_KEY, f"{small:.2f}")
+        with Image.open(io.BytesIO(buf.getvalue())) as im:
+            pal = im.convert("RGB").quantize(colors, method=Image.Quantize.MEDIANCUT)
+        buf = io.BytesIO()
+        pal.save(buf, format="PNG", optimize=True, pnginfo=info)
     if close:
         plt.close(fig)
     return buf.getvalue()

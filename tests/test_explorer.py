@@ -119,3 +119,14 @@ def test_smallest_text_px_sees_tick_labels_and_dpi():
         smallest_text_px(fig, dpi=0)
     plt.close(fig)
     assert png_text_size(figure_png(plt.figure(), dpi=50)) == (float("inf"), 320)
+
+
+def test_figure_png_palette_keeps_the_record_and_shrinks_the_file():
+    fig = plt.figure(figsize=(4, 2))
+    fig.add_subplot().imshow(torch.rand(20, 20).numpy(), cmap="gray")
+    full = figure_png(fig, dpi=100, close=False)
+    small = figure_png(fig, dpi=100, colors=64)
+    assert png_text_size(small) == png_text_size(full)
+    assert len(small) < len(full)
+    with pytest.raises(ValueError, match="colors must be an integer in"):
+        figure_png(plt.figure(), colors=1)

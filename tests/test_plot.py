@@ -130,3 +130,17 @@ def test_helpers_fit_the_column_with_legible_text(draw):
         small, width = png_text_size(figure_png(fig, dpi=100))
     assert width <= COLUMN_PX
     assert small >= LEGIBLE_PX
+
+
+def test_panels_of_curves_fit_the_column_with_legible_text():
+    from lemmse.plot import COLUMN_PX, LEGIBLE_PX, figure_png, panels, plot_curves, png_text_size
+
+    fig, axes = panels(2, 1, height=2.8)
+    assert axes.shape == (2, 1)
+    for ax in axes[:, 0]:
+        plot_curves([0.05, 0.1, 0.2, 0.4], {"a": [1, 2, 3, 4], "b": [2, 3, 4, 5]},
+                    xlabel="σ", ylabel="PSNR (dB)", logx=True, ax=ax, hlines={"25 dB": 2})
+    small, width = png_text_size(figure_png(fig, dpi=100))
+    assert width <= COLUMN_PX and small >= LEGIBLE_PX
+    with pytest.raises(ValueError, match="ncols must be a positive integer"):
+        panels(1, 0)
