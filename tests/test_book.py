@@ -513,6 +513,9 @@ def layout_problems(layout: dict, page: str, known: tuple = (0, 0)) -> list[str]
     for img in layout["uncaptioned"]:
         problems.append(f"figure without a caption ({img['src']}, {img['width']} px): "
                         f"add mystnb: figure: caption")
+    for img in layout.get("filealt", []):
+        problems.append(f"figure image without a description as alt text ({img['src']}: "
+                        f"alt {img['alt']!r}): book/_ext/lemmse_site.py gives it the caption")
     for url in layout["missing"]:
         problems.append(f"a file failed to load: {url}")
     if width >= 1000:
@@ -530,7 +533,7 @@ def layout_problems(layout: dict, page: str, known: tuple = (0, 0)) -> list[str]
 
 
 def _layout(width=1280, **kw):
-    base = {"width": width, "math": [], "code": [], "outputs": [], "uncaptioned": [],
+    base = {"width": width, "math": [], "code": [], "outputs": [], "uncaptioned": [], "filealt": [],
             "errors": [], "missing": [], "fonts": []}
     base.update(kw)
     return base
@@ -550,6 +553,8 @@ def test_layout_problems_detects_each_defect():
     assert "outputs wider" in layout_problems(_layout(outputs=code), "p")[0]
     assert "without a caption" in layout_problems(_layout(uncaptioned=[{"src": "a.png", "width": 500}]), "p")[0]
     assert "failed to load: file:///x.png" in layout_problems(_layout(missing=["file:///x.png"]), "p")[0]
+    assert "without a description as alt text" in layout_problems(
+        _layout(filealt=[{"src": "_images/0a1b.png", "alt": "_images/0a1b.png"}]), "p")[0]
     assert "console error: Uncaught ReferenceError" in layout_problems(
         _layout(errors=["Uncaught ReferenceError: Queue is not defined"]), "p")[0]
     assert layout_problems(_layout(errors=["Got invalid theme mode: . Resetting to auto."]), "p") == []
@@ -575,18 +580,21 @@ def test_layout_probe_measures_a_hand_written_page(tmp_path):
       <div class="cell_input"><pre>""" + "x" * 300 + """</pre></div>
       <div class="cell_input"><pre>y = 1</pre></div>
       <div class="cell_output"><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7" width="40"></div>
-      <div class="cell_output"><figure><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7">
-        <figcaption>A caption.</figcaption></figure></div>
+      <div class="cell_output"><figure><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+        alt="A caption."><figcaption>A caption.</figcaption></figure></div>
+      <div class="cell_output"><figure><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+        alt="_images/0a1b2c.png"><figcaption>Another caption.</figcaption></figure></div>
       <img src="missing.png"><script>undefinedFunction();</script>
       </body></html>""", encoding="utf-8")
     layout = measure_layout(chromium, page, 1280)
     assert [m["label"] for m in layout["math"]] == ["(1.1)"], layout
     assert len(layout["code"]) == 1 and layout["code"][0]["start"].startswith("xxx"), layout
     assert len(layout["uncaptioned"]) == 1, layout
+    assert [img["alt"] for img in layout["filealt"]] == ["_images/0a1b2c.png"], layout
     assert any(url.endswith("missing.png") for url in layout["missing"]), layout
     assert any("undefinedFunction" in e for e in layout["errors"]), layout
     problems = layout_problems(layout, "page")
-    assert len(problems) == 5, "\n".join(problems)
+    assert len(problems) == 6, "\n".join(problems)
 
 
 def test_website_layout(built_site: Path):
