@@ -9,8 +9,8 @@ weights. :meth:`Explorer.widget` precomputes panels for a grid of images, σ and
 switches between them with ipywidgets linked in the browser, so that the widget works on a
 static web page. :func:`fashion_mnist_explorer` builds the explorer of the chapter.
 
-Panels are sized for the book's text column (:data:`lemmse.plot.COLUMN_PX`) with text of at
-least :data:`lemmse.plot.LEGIBLE_PX` pixels, and their PNG files record their smallest text
+Panels are sized for the book's text column (``lemmse.plot.COLUMN_PX``) with text of at
+least ``lemmse.plot.LEGIBLE_PX`` pixels, and their PNG files record their smallest text
 (:func:`lemmse.plot.figure_png`).
 """
 
@@ -96,7 +96,7 @@ class Explorer:
         return self._outputs[(image, sigma)]
 
     def weights(self, image: int, sigma: float, pixels):
-        """Exact weights behind ``pixels`` of the estimate (:func:`lemmse.pixel_weights`)."""
+        """Exact weights behind ``pixels`` of the estimate (``lemmse.pixel_weights``)."""
         from lemmse.diagnostics import pixel_weights
 
         y = self.outputs(image, sigma)[0]
