@@ -337,7 +337,7 @@ def record_text_size_inline() -> bool:
     (:func:`smallest_text_px` at the figure's dpi, at which the inline backend saves it), as
     :func:`figure_png` does; the book's page check (``tests/test_book.py``) reads it from the
     executed chapters. Called when ``lemmse.plot`` is imported; returns whether the formatter
-    is wrapped. Outside IPython it does nothing.
+    is wrapped. Outside IPython, or with another backend than the inline one, it does nothing.
     """
     import base64
     import sys
@@ -349,8 +349,15 @@ def record_text_size_inline() -> bool:
     ip = get_ipython()
     if ip is None or not hasattr(ip, "display_formatter"):
         return False
+    import matplotlib
     from matplotlib.figure import Figure
 
+    try:
+        backend = matplotlib.get_backend(auto_select=False)  # matplotlib >= 3.10
+    except TypeError:
+        backend = matplotlib.rcParams["backend"]
+    if "inline" not in str(backend).lower():
+        return False  # a GUI or file backend: no inline PNGs to annotate
     plt.close(plt.figure())  # load the backend: the inline one registers its formatter now
     formatter = ip.display_formatter.formatters["image/png"]
     try:
