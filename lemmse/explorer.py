@@ -17,7 +17,7 @@ least ``lemmse.plot.LEGIBLE_PX`` pixels, and their PNG files record their smalle
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Optional
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import torch
