@@ -5,6 +5,10 @@
    has been run; the table of contents lists every chapter. The website shows the outputs of the
    notebooks, so a Markdown edit that was not executed would silently not appear.
    Fix: ``scripts/execute_chapter.sh book/NN_name.md`` and commit both files.
+   Figure text: every PNG a chapter shows (outputs and widget images) records the height of its
+   smallest text (``lemmse.plot``); shown at most ``COLUMN_PX`` wide, it must stay at least
+   ``LEGIBLE_PX`` (9 px) high (``KNOWN_FIGURE_TEXT``: chapters not re-executed since, may only
+   shrink).
 2. The rendering check (only where Debian's ``chromium`` is installed: ``apt-get install chromium``):
    build the website into a temporary folder, strictly (``jupyter-book build -W -n --keep-going``),
    open every page in headless Chromium and fail when math is left as raw TeX (no MathJax output),
