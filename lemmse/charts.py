@@ -16,7 +16,52 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["show_fields", "plot_curves", "plot_matrix"]
+__all__ = ["show_fields", "plot_curves", "plot_matrix", "panels", "LEGIBLE_PX", "COLUMN_PX",
+           "column_width"]
+
+#: Smallest legible text height on the page, in CSS pixels (book STYLE: text >= 9 px as displayed).
+LEGIBLE_PX = 9.0
+#: Width of the website's text column at a 1280 px window, in CSS pixels: wider images are shrunk.
+COLUMN_PX = 688
+
+
+def column_width(dpi: float | None = None) -> float:
+    """Widest figure, in inches, that the book's text column shows unshrunk at ``dpi``.
+
+    ``dpi`` defaults to ``rcParams["figure.dpi"]`` (100 in a notebook), at which the inline
+    backend saves figures. A few pixels are left for the margin that ``bbox_inches="tight"``
+    adds.
+    """
+    dpi = plt.rcParams["figure.dpi"] if dpi is None else dpi
+    return (COLUMN_PX - 12) / float(dpi)
+
+
+def panels(nrows: int = 1, ncols: int = 1, *, height: float = 3.0, **kwargs):
+    """A figure of ``nrows × ncols`` axes as wide as the book's text column.
+
+    Use it for several panels in one figure (``plot_curves(..., ax=axes[k])``): a figure wider
+    than the column is shrunk on the page and its labels become illegible.
+
+    Parameters
+    ----------
+    nrows, ncols : int
+    height : float, optional
+        Height of one row of panels in inches (default 3).
+    **kwargs
+        Passed to ``matplotlib.pyplot.subplots`` (``sharex``, ``sharey``, …).
+
+    Returns
+    -------
+    (matplotlib.figure.Figure, numpy.ndarray of Axes)
+        The axes always as a 2-D array ``[nrows, ncols]``.
+    """
+    for name, v in (("nrows", nrows), ("ncols", ncols)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not height > 0:
+        raise ValueError(f"height must be positive, got {height!r}")
+    kwargs.setdefault("squeeze", False)
+    return plt.subplots(nrows, ncols, figsize=(column_width(), height * nrows), **kwargs)
 
 
 def _per_field(value, n: int, name: str) -> list:
@@ -60,6 +105,8 @@ def show_fields(
         A title for the whole figure.
     size : float, optional
         Height of one map in inches; the width adds room for the colour bar (default 2.4).
+        Lowered when the maps would not fit the book's text column (:func:`column_width`),
+        where a wider figure would be shrunk and its colour-bar labels become illegible.
 
     Returns
     -------
@@ -88,6 +135,7 @@ def show_fields(
     bars = _per_field(colorbar, n, "colorbar")
     lo, hi = _per_field(vmin, n, "vmin"), _per_field(vmax, n, "vmax")
     widths = [1.0 + (0.28 if b else 0.0) for b in bars]
+    size = min(size, column_width() / sum(widths))  # within the column: text shown at its size
     fig, axes = plt.subplots(1, n, figsize=(size * sum(widths), size + (0.35 if suptitle else 0.0)),
                              squeeze=False, gridspec_kw={"width_ratios": widths})
     for ax, a, t, cm, lg, bar, v0, v1 in zip(axes[0], arrays, titles, cmaps, logs, bars, lo, hi):
@@ -105,7 +153,7 @@ def show_fields(
             ax.set_title(t, fontsize=9)
         if bar:
             cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-            cb.ax.tick_params(labelsize=7)
+            cb.ax.tick_params(labelsize=7)  # 9.7 px at 100 dpi
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()

@@ -23,9 +23,15 @@ import numpy as np
 import torch
 
 # the helpers for scalar maps, curves and matrices live in lemmse.charts
-from lemmse.charts import plot_curves, plot_matrix, show_fields
+from lemmse.charts import (COLUMN_PX, LEGIBLE_PX, column_width, panels, plot_curves,
+                           plot_matrix, show_fields)
 
-__all__ = ["to_display", "show_images", "to_png", "show_fields", "plot_curves", "plot_matrix"]
+__all__ = ["to_display", "show_images", "to_png", "show_fields", "plot_curves", "plot_matrix",
+           "panels",
+           "smallest_text_px", "figure_png", "png_text_size", "LEGIBLE_PX", "COLUMN_PX",
+           "column_width"]
+#: PNG text key under which :func:`figure_png` records the height of the figure's smallest text.
+PNG_KEY = "lemmse:smallest-text-px"
 
 
 def to_display(image, clip: bool = True) -> np.ndarray:
@@ -110,7 +116,8 @@ def show_images(
     suptitle : str, optional
         A title for the whole figure (for example the data, number of images, sigma and P).
     size : float, optional
-        Width and height of one image in inches (default 1.8).
+        Width and height of one image in inches (default 1.8); lowered when a row would not
+        fit the book's text column (:func:`column_width`), where it would be shrunk.
     cmap : str, optional
         Colour map for one-channel images (default ``"gray"``); values are shown on [0, 1].
 
@@ -154,6 +161,7 @@ def show_images(
 
     nrows = len(rows)
     width = max(len(r) for r in rows)
+    size = min(size, column_width() / width)  # within the book's text column
     fig, axes = plt.subplots(nrows, width, figsize=(size * width, size * nrows + (0.35 if suptitle else 0.0)),
                              squeeze=False)
     for r, row in enumerate(rows):
@@ -226,5 +234,154 @@ def to_png(images, *, scale: int = 4, gap: int = 2) -> bytes:
         parts.append(a)
     panel = np.rint(np.concatenate(parts, axis=1) * 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(panel).save(buf, format="PNG")  # uint8 [H, W] -> "L", [H, W, 3] -> "RGB"
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PNG_KEY, "inf")  # no text: nothing to read (see figure_png)
+    # uint8 [H, W] -> "L", [H, W, 3] -> "RGB"
+    Image.fromarray(panel).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
+
+
+def smallest_text_px(fig, dpi: float | None = None) -> float:
+    """Height in pixels of the smallest text drawn in ``fig`` when saved at ``dpi``.
+
+    ``font size (pt) × dpi / 72``, minimised over the texts the figure actually draws: titles,
+    labels, tick labels (colour bars included), legends, annotations; hidden axes and tick
+    labels outside the view are not drawn and do not count. ``dpi`` defaults to the figure's.
+    Returns ``inf`` for a figure without text.
+    """
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    if dpi is None:
+        dpi = fig.dpi
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not dpi > 0:
+        raise ValueError(f"dpi must be a positive number, got {dpi!r}")
+    w, h = fig.get_size_inches() * fig.dpi
+    renderer = RendererAgg(max(int(w), 1), max(int(h), 1), fig.dpi)
+    sizes = []
+    draw_text = renderer.draw_text
+
+    def record(gc, x, y, text, prop, angle, ismath=False, mtext=None):
+        if str(text).strip():
+            sizes.append(prop.get_size_in_points())
+        return draw_text(gc, x, y, text, prop, angle, ismath=ismath, mtext=mtext)
+
+    renderer.draw_text = record
+    fig.draw(renderer)
+    return min(sizes) * float(dpi) / 72.0 if sizes else float("inf")
+
+
+def figure_png(fig, dpi: float = 100, *, colors: int | None = None, close: bool = True) -> bytes:
+    """Save ``fig`` as PNG bytes at ``dpi``, recording the height of its smallest text.
+
+    The PNG's text chunk ``lemmse:smallest-text-px`` (:func:`smallest_text_px`) lets a reader
+    of the file (the book's page check, ``tests/test_book.py``) tell how large the text is once
+    the image is scaled to the page: ``smallest × displayed width / PNG width``.
+    ``colors`` (2 to 256) stores the image with a palette of that many colours, about a third
+    of the size for figures of grey images and a few coloured marks (the widget panels).
+    The figure is closed afterwards unless ``close=False``.
+    """
+    import io
+
+    if colors is not None and (isinstance(colors, bool) or not isinstance(colors, int)
+                               or not 2 <= colors <= 256):
+        raise ValueError(f"colors must be an integer in [2, 256] or None, got {colors!r}")
+    small = smallest_text_px(fig, dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={PNG_KEY: f"{small:.2f}"})
+    if colors is not None:
+        from PIL import Image
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text(PNG_KEY, f"{small:.2f}")
+        with Image.open(io.BytesIO(buf.getvalue())) as im:
+            pal = im.convert("RGB").quantize(colors, method=Image.Quantize.MEDIANCUT)
+        buf = io.BytesIO()
+        pal.save(buf, format="PNG", optimize=True, pnginfo=info)
+    if close:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def png_text_size(png: bytes) -> tuple[float, int] | None:
+    """``(smallest text px, width px)`` recorded by :func:`figure_png` in ``png``, else None."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        info = im.text if hasattr(im, "text") else {}
+        if PNG_KEY not in info:
+            return None
+        return float(info[PNG_KEY]), im.size[0]
+
+
+def _png_with_text(png: bytes, key: str, value: str) -> bytes:
+    """``png`` with a tEXt chunk ``key: value`` inserted after its header chunk."""
+    import struct
+    import zlib
+
+    body = b"tEXt" + key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    end = 8 + 8 + 13 + 4  # signature, IHDR length and type, IHDR data, CRC
+    return png[:end] + chunk + png[end:]
+
+
+def record_text_size_inline() -> bool:
+    """Make IPython's PNGs of matplotlib figures record their smallest text (book pages).
+
+    In an IPython kernel with the inline backend, wraps the ``image/png`` formatter of
+    figures so that every PNG it makes carries ``lemmse:smallest-text-px``
+    (:func:`smallest_text_px` at the figure's dpi, at which the inline backend saves it), as
+    :func:`figure_png` does; the book's page check (``tests/test_book.py``) reads it from the
+    executed chapters. Called when ``lemmse.plot`` is imported; returns whether the formatter
+    is wrapped. Outside IPython, or with another backend than the inline one, it does nothing.
+    """
+    import base64
+    import sys
+
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    ip = get_ipython()
+    if ip is None or not hasattr(ip, "display_formatter"):
+        return False
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    try:
+        backend = matplotlib.get_backend(auto_select=False)  # matplotlib >= 3.10
+    except TypeError:
+        backend = matplotlib.rcParams["backend"]
+    if "inline" not in str(backend).lower():
+        return False  # a GUI or file backend: no inline PNGs to annotate
+    plt.close(plt.figure())  # load the backend: the inline one registers its formatter now
+    formatter = ip.display_formatter.formatters["image/png"]
+    try:
+        current = formatter.lookup_by_type(Figure)
+    except KeyError:
+        return False
+    if getattr(current, "records_text_size", False):
+        return True
+
+    def png_with_text_size(fig):
+        data = current(fig)
+        if data is None:
+            return data
+        value = f"{smallest_text_px(fig):.2f}"
+        if isinstance(data, bytes):
+            return _png_with_text(data, PNG_KEY, value)
+        if isinstance(data, str):
+            raw = _png_with_text(base64.b64decode(data), PNG_KEY, value)
+            return base64.b64encode(raw).decode("ascii")
+        return data  # (data, metadata) of a retina figure: left as it is
+
+    png_with_text_size.records_text_size = True
+    formatter.for_type(Figure, png_with_text_size)
+    return True
+
+
+record_text_size_inline()

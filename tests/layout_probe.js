@@ -31,7 +31,7 @@ window.addEventListener("unhandledrejection", function (e) {
     return o === "auto" || o === "scroll";
   }
   function measure() {
-    var out = {width: window.innerWidth, math: [], code: [], outputs: [], uncaptioned: [],
+    var out = {width: window.innerWidth, math: [], code: [], outputs: [], uncaptioned: [], filealt: [],
                errors: window.__lemmse.errors, missing: window.__lemmse.missing, fonts: []};
     document.querySelectorAll("div.math").forEach(function (div) {
       var m = div.querySelector("mjx-container");
@@ -62,6 +62,8 @@ window.addEventListener("unhandledrejection", function (e) {
       var fig = img.closest("figure");
       if (!fig || !fig.querySelector("figcaption")) {
         out.uncaptioned.push({src: img.getAttribute("src").slice(-40), width: img.width});
+      } else if (/^\s*$|\.(png|jpe?g|gif|svg|webp)\s*$/i.test(img.getAttribute("alt") || "")) {
+        out.filealt.push({src: img.getAttribute("src").slice(-40), alt: img.getAttribute("alt")});
       }
     });
     if (document.fonts) {

@@ -5,6 +5,10 @@
    has been run; the table of contents lists every chapter. The website shows the outputs of the
    notebooks, so a Markdown edit that was not executed would silently not appear.
    Fix: ``scripts/execute_chapter.sh book/NN_name.md`` and commit both files.
+   Figure text: every PNG a chapter shows (outputs and widget images) records the height of its
+   smallest text (``lemmse.plot``); shown at most ``COLUMN_PX`` wide, it must stay at least
+   ``LEGIBLE_PX`` (9 px) high (``KNOWN_FIGURE_TEXT``: chapters not re-executed since, may only
+   shrink).
 2. The rendering check (only where Debian's ``chromium`` is installed: ``apt-get install chromium``):
    build the website into a temporary folder, strictly (``jupyter-book build -W -n --keep-going``),
    open every page in headless Chromium and fail when math is left as raw TeX (no MathJax output),
@@ -124,6 +128,109 @@ def test_toc_lists_every_chapter():
     missing = [md.relative_to(ROOT).with_suffix("").as_posix() for md in paired_chapters()]
     missing = [name for name in missing if name not in listed]
     assert not missing, f"chapters not in _toc.yml (the website would skip them): {missing}"
+
+
+# Figure text as displayed (issue 15 item 3). The chapters' PNGs record the height of their
+# smallest text (``lemmse:smallest-text-px``, written by ``lemmse.plot`` for inline figures and
+# widget panels); the page shows a PNG at its pixel size, shrunk to the text column when wider.
+# A page may only get better: per chapter, the figures that record nothing (executed before the
+# record existed, or drawn outside matplotlib) and the figures whose text is below LEGIBLE_PX.
+KNOWN_FIGURE_TEXT = {"08_training": (1, 0), "09_agreement": (4, 0)}
+
+
+def figure_pngs(nb) -> list[tuple[str, bytes]]:
+    """``(where, PNG bytes)`` of every image a notebook shows: cell outputs and widget images."""
+    import base64
+
+    out = []
+    for i, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {}).get("image/png")
+            if data:
+                out.append((f"cell {i}", base64.b64decode(data)))
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    for model_id, model in state.get("state", {}).items():
+        st = model.get("state", {})
+        if model.get("model_name") == "ImageModel" and st.get("format") == "png":
+            value = st.get("value")
+            raw = base64.b64decode(value) if isinstance(value, str) else None
+            buffers = [b for b in model.get("buffers", []) if b.get("path") == ["value"]]
+            if buffers:
+                raw = base64.b64decode(buffers[0]["data"])
+            if raw:
+                out.append((f"widget image {model_id[:8]}", raw))
+    return out
+
+
+def figure_text_problems(pngs, known: tuple = (0, 0)) -> tuple[list[str], tuple[int, int]]:
+    """Figures whose smallest text is below LEGIBLE_PX as displayed at 1280 px, and the counts
+    ``(figures recording no text size, illegible figures)`` checked against ``known``."""
+    from lemmse.plot import COLUMN_PX, LEGIBLE_PX, png_text_size
+
+    unmeasured, illegible = [], []
+    for where, png in pngs:
+        record = png_text_size(png)
+        if record is None:
+            unmeasured.append(where)
+            continue
+        small, width = record
+        shown = small * min(1.0, COLUMN_PX / width)
+        if shown < LEGIBLE_PX:
+            illegible.append(f"{where}: smallest text {shown:.1f} px as displayed ({small:.1f} px "
+                             f"in a {width} px wide PNG shown {min(width, COLUMN_PX)} px wide)")
+    counts = (len(unmeasured), len(illegible))
+    problems = []
+    if counts[0] > known[0]:
+        problems.append(f"{counts[0]} figures record no text size (known: {known[0]}), e.g. "
+                        f"{unmeasured[0]}: draw them with matplotlib after importing lemmse.plot "
+                        f"and re-execute the chapter")
+    if counts[1] > known[1]:
+        problems.append(f"{counts[1]} figures with text below {LEGIBLE_PX:g} px as displayed "
+                        f"(known: {known[1]}): " + "; ".join(illegible))
+    return problems, counts
+
+
+def test_figure_text_problems_detects_small_text():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lemmse.plot import figure_png
+
+    def png(width_in, dpi, labelsize):
+        fig, ax = plt.subplots(figsize=(width_in, 3))
+        ax.plot([0, 1])
+        ax.tick_params(labelsize=labelsize)
+        return figure_png(fig, dpi)
+
+    fits = png(6, 100, 8)  # 600 px wide, 11.1 px text
+    shrunk = png(12, 100, 8)  # 1200 px shown 688 px wide: 6.4 px text
+    small = png(6, 72, 8)  # 8 px text
+    assert figure_text_problems([("a", fits)]) == ([], (0, 0))
+    problems, counts = figure_text_problems([("a", fits), ("b", shrunk), ("c", small)])
+    assert counts == (0, 2) and "b: smallest text 6.4 px as displayed" in problems[0]
+    assert "c: smallest text 8.0 px" in problems[0]
+    assert figure_text_problems([("b", shrunk)], known=(0, 1))[0] == []
+    import io
+
+    buf = io.BytesIO()
+    plt.figure().savefig(buf, format="png")  # plain matplotlib: records nothing
+    unrecorded = buf.getvalue()
+    problems, counts = figure_text_problems([("d", unrecorded)])
+    assert counts == (1, 0) and "record no text size" in problems[0]
+
+
+@pytest.mark.parametrize("md", paired_chapters(), ids=lambda p: p.name)
+def test_figure_text_legible(md: Path):
+    nb_path = md.with_suffix(".ipynb")
+    if not nb_path.exists():
+        pytest.skip("notebook missing (reported by test_chapter_pair_in_sync)")
+    known = KNOWN_FIGURE_TEXT.get(md.stem, (0, 0))
+    problems, counts = figure_text_problems(figure_pngs(nbformat.read(nb_path, as_version=4)), known)
+    assert not problems, f"{nb_path.name}: " + "; ".join(problems)
+    if counts < known:
+        print(f"KNOWN_FIGURE_TEXT[{md.stem!r}] can be lowered to {counts}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,12 +452,7 @@ WIDTHS = (1280, 390)  # a laptop and a phone
 # Defects measured on 2026-12-03 that are not fixed yet (issue 15 items 4 and 9): per page, the
 # code cells and outputs wider than the column at 1280 px. A page may only get better; lower a
 # count when a chapter is fixed (the test says when it can be lowered).
-KNOWN_LAYOUT = {
-    "02_mmse": (0, 0), "03_equivariance": (0, 1),
-    "04_locality": (0, 1), "05_lemmse": (0, 1), "07_scale": (10, 3),
-    "08_training": (3, 2), "09_agreement": (3, 3),
-    "11_analysis": (10, 4), "12_explorer": (2, 0), "13_minnorm": (0, 4), "14_symmetry": (0, 2),
-}
+KNOWN_LAYOUT = {"08_training": (3, 2), "09_agreement": (3, 3)}
 # The theme logs this with console.error when no colour mode is stored yet (a first visit),
 # and the icon font of the widget manager's CSS is not vendored (issue 15 item 9). The duplicate
 # THEBE_JS_URL script of every page is fixed (book/_ext/lemmse_site.py) and fails the check again.
@@ -406,6 +508,9 @@ def layout_problems(layout: dict, page: str, known: tuple = (0, 0)) -> list[str]
     for img in layout["uncaptioned"]:
         problems.append(f"figure without a caption ({img['src']}, {img['width']} px): "
                         f"add mystnb: figure: caption")
+    for img in layout.get("filealt", []):
+        problems.append(f"figure image without a description as alt text ({img['src']}: "
+                        f"alt {img['alt']!r}): book/_ext/lemmse_site.py gives it the caption")
     for url in layout["missing"]:
         problems.append(f"a file failed to load: {url}")
     if width >= 1000:
@@ -423,7 +528,7 @@ def layout_problems(layout: dict, page: str, known: tuple = (0, 0)) -> list[str]
 
 
 def _layout(width=1280, **kw):
-    base = {"width": width, "math": [], "code": [], "outputs": [], "uncaptioned": [],
+    base = {"width": width, "math": [], "code": [], "outputs": [], "uncaptioned": [], "filealt": [],
             "errors": [], "missing": [], "fonts": []}
     base.update(kw)
     return base
@@ -443,6 +548,8 @@ def test_layout_problems_detects_each_defect():
     assert "outputs wider" in layout_problems(_layout(outputs=code), "p")[0]
     assert "without a caption" in layout_problems(_layout(uncaptioned=[{"src": "a.png", "width": 500}]), "p")[0]
     assert "failed to load: file:///x.png" in layout_problems(_layout(missing=["file:///x.png"]), "p")[0]
+    assert "without a description as alt text" in layout_problems(
+        _layout(filealt=[{"src": "_images/0a1b.png", "alt": "_images/0a1b.png"}]), "p")[0]
     assert "console error: Uncaught ReferenceError" in layout_problems(
         _layout(errors=["Uncaught ReferenceError: Queue is not defined"]), "p")[0]
     assert layout_problems(_layout(errors=["Got invalid theme mode: . Resetting to auto."]), "p") == []
@@ -468,18 +575,21 @@ def test_layout_probe_measures_a_hand_written_page(tmp_path):
       <div class="cell_input"><pre>""" + "x" * 300 + """</pre></div>
       <div class="cell_input"><pre>y = 1</pre></div>
       <div class="cell_output"><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7" width="40"></div>
-      <div class="cell_output"><figure><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7">
-        <figcaption>A caption.</figcaption></figure></div>
+      <div class="cell_output"><figure><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+        alt="A caption."><figcaption>A caption.</figcaption></figure></div>
+      <div class="cell_output"><figure><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+        alt="_images/0a1b2c.png"><figcaption>Another caption.</figcaption></figure></div>
       <img src="missing.png"><script>undefinedFunction();</script>
       </body></html>""", encoding="utf-8")
     layout = measure_layout(chromium, page, 1280)
     assert [m["label"] for m in layout["math"]] == ["(1.1)"], layout
     assert len(layout["code"]) == 1 and layout["code"][0]["start"].startswith("xxx"), layout
     assert len(layout["uncaptioned"]) == 1, layout
+    assert [img["alt"] for img in layout["filealt"]] == ["_images/0a1b2c.png"], layout
     assert any(url.endswith("missing.png") for url in layout["missing"]), layout
     assert any("undefinedFunction" in e for e in layout["errors"]), layout
     problems = layout_problems(layout, "page")
-    assert len(problems) == 5, "\n".join(problems)
+    assert len(problems) == 6, "\n".join(problems)
 
 
 def test_website_layout(built_site: Path):

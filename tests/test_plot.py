@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lemmse.plot import show_images, to_display  # noqa: E402
+from lemmse.plot import show_images, to_display, to_png  # noqa: E402
 
 
 def test_to_display_shapes_and_clipping():
@@ -70,3 +72,75 @@ def test_plot_matrix_marks_row_maxima_and_checks_labels():
         plot_matrix(v, row_labels=["a"], col_labels=["x", "y", "z"], xlabel="", ylabel="")
     with pytest.raises(ValueError, match="2-D"):
         plot_matrix(np.zeros(3), row_labels=[], col_labels=[], xlabel="", ylabel="")
+
+
+def test_inline_figures_record_their_smallest_text(tmp_path, monkeypatch):
+    """In a kernel, importing lemmse.plot makes the inline PNGs carry their smallest text,
+    which the book's page check reads (tests/test_book.py, issue 15 item 3)."""
+    import base64
+    import os
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib_inline")
+    from lemmse.plot import png_text_size
+
+    code = ("import matplotlib.pyplot as plt\n"
+            "import lemmse.plot\n"
+            "fig, ax = plt.subplots(dpi=100)\n"
+            "ax.plot([0, 1])\n"
+            "ax.tick_params(labelsize=7.2)\n"
+            "plt.show()")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    # the kernel imports this checkout's lemmse
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    pngs = [o["data"]["image/png"] for o in nb.cells[0].outputs
+            if "image/png" in o.get("data", {})]
+    assert len(pngs) == 1
+    small, width = png_text_size(base64.b64decode(pngs[0]))
+    assert small == pytest.approx(10.0)  # 7.2 pt at 100 dpi
+    assert 300 < width < 700
+
+
+def test_to_png_panels_record_that_they_have_no_text():
+    from lemmse.plot import png_text_size
+
+    png = to_png([torch.rand(1, 4, 4), torch.rand(1, 4, 6)], scale=2, gap=1)
+    assert png_text_size(png) == (float("inf"), 2 * 4 + 1 + 2 * 6)
+
+
+@pytest.mark.parametrize("draw", ["fields", "images", "grid"])
+def test_helpers_fit_the_column_with_legible_text(draw):
+    """Figures of many panels are sized for the book's text column, so that the page does not
+    shrink them and their smallest text (colour-bar ticks, titles) stays >= 9 px (issue 15)."""
+    from lemmse.plot import COLUMN_PX, LEGIBLE_PX, figure_png, png_text_size, show_fields
+
+    maps = [torch.rand(12, 12) for _ in range(5)]
+    if draw == "fields":
+        fig = show_fields(maps, [f"map {k}" for k in range(5)], suptitle="five maps")
+    elif draw == "images":
+        fig = show_images(torch.rand(8, 1, 12, 12), [f"image {k}" for k in range(8)],
+                          suptitle="eight images")
+    else:
+        fig = show_images([[m] * 6 for m in maps[:2]], row_labels=["a", "b"])
+    with plt.rc_context({"figure.dpi": 100}):
+        small, width = png_text_size(figure_png(fig, dpi=100))
+    assert width <= COLUMN_PX
+    assert small >= LEGIBLE_PX
+
+
+def test_panels_of_curves_fit_the_column_with_legible_text():
+    from lemmse.plot import COLUMN_PX, LEGIBLE_PX, figure_png, panels, plot_curves, png_text_size
+
+    fig, axes = panels(2, 1, height=2.8)
+    assert axes.shape == (2, 1)
+    for ax in axes[:, 0]:
+        plot_curves([0.05, 0.1, 0.2, 0.4], {"a": [1, 2, 3, 4], "b": [2, 3, 4, 5]},
+                    xlabel="σ", ylabel="PSNR (dB)", logx=True, ax=ax, hlines={"25 dB": 2})
+    small, width = png_text_size(figure_png(fig, dpi=100))
+    assert width <= COLUMN_PX and small >= LEGIBLE_PX
+    with pytest.raises(ValueError, match="ncols must be a positive integer"):
+        panels(1, 0)
