@@ -135,7 +135,7 @@ def test_toc_lists_every_chapter():
 # widget panels); the page shows a PNG at its pixel size, shrunk to the text column when wider.
 # A page may only get better: per chapter, the figures that record nothing (executed before the
 # record existed, or drawn outside matplotlib) and the figures whose text is below LEGIBLE_PX.
-KNOWN_FIGURE_TEXT = {"08_training": (1, 0), "09_agreement": (4, 0)}
+KNOWN_FIGURE_TEXT: dict = {}
 
 
 def figure_pngs(nb) -> list[tuple[str, bytes]]:
