@@ -23,13 +23,13 @@ __all__ = ["Operator"]
 
 def _check_image(x, name: str = "x") -> torch.Tensor:
     """Check that ``x`` is a real floating-point tensor of shape [B, C, H, W] with data (the
-    structural part of :func:`lemmse._validate.check_images`: values are not read)."""
+    structural part of ``lemmse._validate.check_images``: values are not read)."""
     return check_images(x, name, finite=False, allow_empty=True)
 
 
 def _sigma_per_image(sigma, batch: int, dtype: torch.dtype, device) -> torch.Tensor:
     """``sigma`` (a float or one value per image) as a [batch, 1, 1, 1] tensor
-    (:func:`lemmse._validate.parse_sigma`: positive, finite, one value per image, not 0 in
+    (``lemmse._validate.parse_sigma``: positive, finite, one value per image, not 0 in
     ``dtype``)."""
     return parse_sigma(sigma, batch, dtype, device).reshape(batch, 1, 1, 1)
 
