@@ -655,13 +655,15 @@ def test_statement_titles_and_index():
 def test_strip_source_maps(tmp_path):
     (tmp_path / "scripts").mkdir()
     js = tmp_path / "scripts" / "a.js"
-    js.write_text("var a = 1;\n//# sourceMappingURL=a.js.map\n")
+    code = 'var s = "\\n/*# sourceMappingURL=data:x;base64,".concat(m, " */");'
+    js.write_text(f"var a = 1;\n//# sourceMappingURL=a.js.map;\n{code}\n")
     (tmp_path / "scripts" / "a.js.map").write_text("{}" * 50)
     css = tmp_path / "b.css"
     css.write_text("p{color:red}\n/*# sourceMappingURL=b.css.map*/")
     assert lemmse_site.strip_source_maps(tmp_path) == 100
     assert not list(tmp_path.rglob("*.map"))
-    assert js.read_text() == "var a = 1;\n" and css.read_text() == "p{color:red}"
+    assert js.read_text() == f"var a = 1;\n\n{code}\n"  # the string literal is code: kept
+    assert css.read_text() == "p{color:red}\n"
 
 
 class _Images(HTMLParser):

@@ -30,7 +30,9 @@ SIDEBAR = ["navbar-logo.html", "icon-links.html", "search-button-field.html", "s
            "lemmse-indices.html"]
 #: Longest alt text taken from a caption (screen readers read it whole).
 ALT_CHARS = 240
-_SOURCE_MAP = re.compile(rb"\n?(//# sourceMappingURL=\S+|/\*# sourceMappingURL=[^*\s]+\s*\*/)[ \t]*")
+# a source-map comment alone on its line (the same text inside a string literal is code: kept)
+_SOURCE_MAP = re.compile(
+    rb"^[ \t]*(//# sourceMappingURL=[^\s]+|/\*# sourceMappingURL=[^\s*]+\s*\*/)[ \t]*$", re.M)
 
 
 def _key(script) -> tuple:
