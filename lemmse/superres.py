@@ -51,8 +51,10 @@ import torch
 import torch.nn.functional as F
 
 from lemmse._native import load_kernel, load_slide_kernel
-from lemmse.engine import DEFAULT_MEMORY_BUDGET, no_tf32
-from lemmse.estimators import LEMMSE, Posterior, _check_images, _check_sigma
+from lemmse._runtime import no_tf32
+from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, Plan
+from lemmse._validate import check_images, check_sigma
+from lemmse.estimators import LEMMSE, Posterior
 from lemmse.patches import extract_patches, unfold
 from lemmse.operators import Denoising, SuperResolution
 
@@ -79,6 +81,15 @@ class _BlockBank(LEMMSE):
             twin = super()._float64_twin()
             twin._vals = self._vals.double()
         return twin
+
+
+def _joint_plan(plans):
+    """One :class:`~lemmse.backends.Plan` for the runs of a super-resolution call."""
+    paths, backends = {p.path for p in plans}, {p.backend for p in plans}
+    return Plan(paths.pop() if len(paths) == 1 else "mixed",
+                backends.pop() if len(backends) == 1 else "mixed", False,
+                f"{len(plans)} run(s) over groups of value channels: " +
+                "; ".join(dict.fromkeys(p.reason for p in plans)))
 
 
 class SuperResolutionLEMMSE(LEMMSE):
@@ -115,7 +126,7 @@ class SuperResolutionLEMMSE(LEMMSE):
                  memory_budget=DEFAULT_MEMORY_BUDGET, backend="auto", algorithm="auto"):
         if not isinstance(operator, SuperResolution):
             raise TypeError(f"operator must be a SuperResolution, got {type(operator).__name__}")
-        _check_images(train, "train")
+        check_images(train, "train")
         if preinverse != "identity":
             raise ValueError(f"preinverse must be 'identity' for super-resolution (the estimator "
                              f"works on the LR grid), got {preinverse!r}")
@@ -188,21 +199,28 @@ class SuperResolutionLEMMSE(LEMMSE):
             raise ValueError(f"y has the HR shape {tuple(y.shape[1:])}; the estimator takes the "
                              f"LR measurement [B, {self.C}, {self.h}, {self.w}] "
                              f"(operator.measure(x, sigma))")
-        _check_images(y, "y", dtype=self.dtype, device=self.device)
+        check_images(y, "y", dtype=self.dtype, device=self.device)
         if tuple(y.shape[1:]) != (self.C, self.h, self.w):
             raise ValueError(f"y must be the LR measurement [B, {self.C}, {self.h}, {self.w}] "
                              f"of {self.operator!r}, got images of shape {tuple(y.shape[1:])}")
-        return y, _check_sigma(sigma, y.shape[0], self.dtype, self.device)
+        return y, check_sigma(sigma, y.shape[0], self.dtype, self.device)
 
     def _estimate(self, y, s):
         out = torch.empty(y.shape[0], self.C * self.factor ** 2, self.h, self.w,
                           dtype=self.dtype, device=self.device)
-        paths = []
+        plans = []
         for (idx, _), bank in zip(self._groups, self._banks):
             out[:, idx] = bank._estimate(y, s)
-            paths.append(bank._last_path)
-        self._last_path = paths[0] if len(set(paths)) == 1 else "mixed"
+            plans.append(bank.last_plan)
+        self.last_plan = _joint_plan(plans)
         return F.pixel_shuffle(out, self.factor)
+
+    def plan(self, track=False):
+        """The plan of a call: that of every run over a group of value channels, joined (path
+        ``"mixed"`` when the runs differ; see :meth:`lemmse.estimators.LEMMSE.plan`)."""
+        if track:
+            return self._banks[0].plan(track=True)
+        return _joint_plan([bank.plan() for bank in self._banks])
 
     def _lse_and_keys(self, y, s):
         return self._banks[0]._lse_and_keys(y, s)
@@ -335,7 +353,7 @@ def jacobian(est, y, sigma, pixels):
         ``r = (P - 1) / 2``).
     """
     _, _, cov = _moments(est, y, sigma, pixels)
-    s = float(_check_sigma(sigma, 1, torch.float64, "cpu")[0])
+    s = float(check_sigma(sigma, 1, torch.float64, "cpu")[0])
     bank = _bank_of(est)[0]
     P, C = bank.patch_size, bank.C
     return (cov / s ** 2).reshape(cov.shape[0], cov.shape[1], C, P, P)
