@@ -37,6 +37,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -204,8 +205,8 @@ def _addr(name, t, dtype, shape=None):
     if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
         raise ValueError(f"native kernel argument {name} must be a contiguous {dtype} CPU "
                          f"tensor, got {t.dtype} on {t.device} (contiguous: {t.is_contiguous()})")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"native kernel argument {name} must have shape {tuple(shape)}, got "
+    if shape is not None and t.numel() != math.prod(shape):  # the C code sees flat memory
+        raise ValueError(f"native kernel argument {name} must hold {tuple(shape)} elements, got "
                          f"{tuple(t.shape)}")
     return t.data_ptr()
 
