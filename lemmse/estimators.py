@@ -70,8 +70,8 @@ class LEMMSE(_PatchAttention):
         chunks that fit.
     backend : {"auto", "native", "torch"}
         ``"auto"`` and ``"native"``: the native kernels (the sliding-window kernel where it
-        applies, see :mod:`lemmse.estimators`, else the patch attention of
-        :mod:`lemmse.engine`, whose ``"auto"`` may pick torch); ``"torch"``: the patch attention
+        applies, else the patch attention of :mod:`lemmse.backends.attention`, whose ``"auto"``
+        may pick torch; :meth:`plan` says which and why); ``"torch"``: the patch attention
         with the torch back-end.
     algorithm : {"auto", "sliding", "attention"}
         ``"auto"``: the sliding-window kernel where it applies, else the patch attention;

@@ -64,7 +64,7 @@ class _Diagnostics:
         """Return a dict of per-query diagnostics (after the second pass, ``track=True``).
 
         ``participation``: 1 / Σ w²; ``n50``: the number of largest weights holding 50 % of
-        the mass (exact when it is at most :data:`N50_EXACT`, otherwise counted on a histogram of the
+        the mass (exact when it is at most ``N50_EXACT``, otherwise counted on a histogram of the
         log-weights with bins of 1/64 nat, accurate to about 1.6 %); ``topk_weights`` and ``topk_ids``.
         """
         if not self.track or self._pass != 2:

@@ -38,15 +38,16 @@ import torch
 
 from lemmse import _native
 from lemmse._native import load_kernel  # noqa: F401 (lemmse.engine.load_kernel)
-from lemmse._runtime import no_tf32, single_thread
+from lemmse._runtime import no_tf32, single_thread  # noqa: F401 (no_tf32: lemmse.engine)
 from lemmse.backends._tracking import N50_EXACT, _Diagnostics
 from lemmse.backends.planner import (DEFAULT_MEMORY_BUDGET, attention_backend,
                                      choose_backend, images_per_chunk)
 from lemmse.patches import unfold
 
-__all__ = ["KeyChunk", "StreamingAttention", "pack_keys", "packed_chunk", "solve",
-           "choose_backend", "DEFAULT_MEMORY_BUDGET", "DIRECT_SIGMA", "LOG2E", "N50_EXACT",
-           "no_tf32"]
+# also importable from here (lemmse.engine is this module): choose_backend,
+# DEFAULT_MEMORY_BUDGET, N50_EXACT, load_kernel, no_tf32
+__all__ = ["KeyChunk", "StreamingAttention", "pack_keys", "packed_chunk", "solve", "DIRECT_SIGMA",
+           "LOG2E"]
 
 LOG2E = 1.4426950408889634
 #: Key data swept by the native kernel per pass over a thread's queries (sized for the L2 cache).

@@ -63,7 +63,7 @@ class Plan:
 
 
 def images_per_chunk(n_images, memory_budget, bytes_per_image):
-    """Training images per chunk: within ``memory_budget`` and :data:`CHUNK_BYTES`, with room
+    """Training images per chunk: within ``memory_budget`` and ``CHUNK_BYTES``, with room
     for about four buffers of ``bytes_per_image``, at least one."""
     cap = min(memory_budget, CHUNK_BYTES)
     return max(1, min(n_images, cap // max(1, 4 * bytes_per_image)))

@@ -10,7 +10,7 @@ The native kernel (``lemmse/_kernels/slide.c``, through ``lemmse._native.slide``
 arithmetic; :class:`SlidingWindow` holds its online-softmax state with the ``update`` /
 ``result`` interface of :class:`~lemmse.backends.attention.StreamingAttention`, and
 :func:`solve` streams a ``lemmse.patches.PatchProblem`` through it.  The estimator decides what
-to do with the images it flags as unreliable (:attr:`SlidingWindow.unreliable`).
+to do with the images it flags as unreliable (``SlidingWindow.unreliable``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class SlidingWindow:
         self._m = torch.full((Bn, self.S, H, SW), -math.inf, dtype=torch.float32)
         self._acc = torch.zeros(Bn, self.S, H, C + 1, SW, dtype=torch.float64)
         #: ``[B]`` bool after :meth:`result`: images whose fp32 logits reached
-        #: :data:`FP32_LOGIT_LIMIT` or whose state is not finite.
+        #: ``FP32_LOGIT_LIMIT`` or whose state is not finite.
         self.unreliable = None
 
     def update(self, chunk: KeyChunk) -> None:
