@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from lemmse._native import load_kernel, load_slide_kernel
 from lemmse._runtime import no_tf32
-from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, Plan
+from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, joint_plan
 from lemmse._validate import check_images, check_sigma
 from lemmse.estimators import LEMMSE, Posterior
 from lemmse.patches import extract_patches, unfold
@@ -81,15 +81,6 @@ class _BlockBank(LEMMSE):
             twin = super()._float64_twin()
             twin._vals = self._vals.double()
         return twin
-
-
-def _joint_plan(plans):
-    """One :class:`~lemmse.backends.Plan` for the runs of a super-resolution call."""
-    paths, backends = {p.path for p in plans}, {p.backend for p in plans}
-    return Plan(paths.pop() if len(paths) == 1 else "mixed",
-                backends.pop() if len(backends) == 1 else "mixed", False,
-                f"{len(plans)} run(s) over groups of value channels: " +
-                "; ".join(dict.fromkeys(p.reason for p in plans)))
 
 
 class SuperResolutionLEMMSE(LEMMSE):
@@ -212,7 +203,7 @@ class SuperResolutionLEMMSE(LEMMSE):
         for (idx, _), bank in zip(self._groups, self._banks):
             out[:, idx] = bank._estimate(y, s)
             plans.append(bank.last_plan)
-        self.last_plan = _joint_plan(plans)
+        self.last_plan = joint_plan(plans)
         return F.pixel_shuffle(out, self.factor)
 
     def plan(self, track=False):
@@ -220,7 +211,7 @@ class SuperResolutionLEMMSE(LEMMSE):
         ``"mixed"`` when the runs differ; see :meth:`lemmse.estimators.LEMMSE.plan`)."""
         if track:
             return self._banks[0].plan(track=True)
-        return _joint_plan([bank.plan() for bank in self._banks])
+        return joint_plan([bank.plan() for bank in self._banks])
 
     def _lse_and_keys(self, y, s):
         return self._banks[0]._lse_and_keys(y, s)

@@ -29,7 +29,7 @@ import torch
 from lemmse._native import isa, load_kernel, load_slide_kernel
 
 __all__ = ["Plan", "plan", "attention_backend", "choose_backend", "images_per_chunk",
-           "DEFAULT_MEMORY_BUDGET"]
+           "joint_plan", "DEFAULT_MEMORY_BUDGET"]
 
 #: Default bound on the working memory of one estimator call, in bytes.
 DEFAULT_MEMORY_BUDGET = 1 << 30
@@ -102,6 +102,16 @@ def choose_backend(dim: int, value_dim: int, dtype: torch.dtype, device: torch.d
     """Pick ``"native"`` or ``"torch"`` for a streaming attention (``dim`` does not matter):
     the name of :func:`attention_backend`."""
     return attention_backend(value_dim, dtype, device, backend)[0]
+
+
+def joint_plan(plans):
+    """One :class:`Plan` for several runs of one call (the super-resolution LE-MMSE computes
+    groups of value channels separately): path and back-end ``"mixed"`` when they differ."""
+    paths, backends = {p.path for p in plans}, {p.backend for p in plans}
+    return Plan(paths.pop() if len(paths) == 1 else "mixed",
+                backends.pop() if len(backends) == 1 else "mixed", False,
+                f"{len(plans)} run(s) over groups of value channels: "
+                + "; ".join(dict.fromkeys(p.reason for p in plans)))
 
 
 def _slide_obstacle(problem, backend):
