@@ -21,7 +21,7 @@ import numbers
 import torch
 
 from lemmse._runtime import no_tf32
-from lemmse._validate import bound_topk, check_images, check_sigma, check_topk
+from lemmse._validate import bound_topk, check_dtype, check_images, check_sigma, check_topk
 from lemmse.backends import attention, planner, sliding
 from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, images_per_chunk
 from lemmse.operators import Denoising, Operator
@@ -43,10 +43,7 @@ class _Estimator:
         if not isinstance(operator, Operator):
             raise TypeError(f"operator must be a lemmse.operators.Operator (Denoising, Inpainting,"
                             f" Blur), got {type(operator).__name__}")
-        if dtype is None:
-            dtype = train.dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        dtype = check_dtype(dtype, train.dtype)
         if not isinstance(memory_budget, numbers.Integral) or memory_budget < 4096:
             raise ValueError(f"memory_budget must be an integer number of bytes >= 4096, got "
                              f"{memory_budget!r}")
@@ -137,6 +134,34 @@ class _Estimator:
         topk = bound_topk(topk, n_keys, n_queries, self.memory_budget)
         with torch.no_grad(), no_tf32():
             return self._posterior(y, s, int(topk))
+
+    def log_density(self, y, sigma):
+        """Log-density of the queries under the Gaussian-smoothed keys, from one pass.
+
+        ``log((1/K) Σ_k N(q; k, σ² I_D))`` (``lemmse.posterior.gaussian_log_density``):
+        the ``log_density`` of :meth:`posterior` at the cost of one call, without its second
+        pass.  For the patch estimators ``q = Π_i v`` is the query patch of pixel ``i`` and the
+        keys its ``K`` admissible (measured, pre-inverted) training patches, whitened for the
+        physics-aware blur (sliding-window kernel where it applies); for the :class:`MMSE`
+        ``q`` is the query image and the keys the ``N`` measured training images, ``D`` the
+        entries the distance sees (the observed ones under a physics-aware mask), in float64;
+        for the :class:`EquivariantMMSE` the keys are their ``N·H·W`` circular shifts (FFT
+        correlations in float64).  The global ones give one value per image, repeated over its
+        pixels.  High values: the query is typical of the training data (chapter "What the
+        agreement reveals").
+
+        Parameters
+        ----------
+        y : Tensor ``[B, C, H, W]``
+        sigma : float or sequence/Tensor ``[B]``
+
+        Returns
+        -------
+        Tensor ``[B, H, W]``
+        """
+        y, s = self._prepare(y, sigma)
+        with torch.no_grad(), no_tf32():
+            return self._log_density(y, s)
 
     def _per_image(self, t):
         """A per-image float64 value ``[B]`` as a field ``[B, H, W]`` in the estimator's dtype
@@ -289,28 +314,9 @@ class _PatchAttention(_Estimator):
         """``(lse [B, H*W], K [1, H*W])`` in float64: log-sum-exp and number of keys."""
         return self._x_lse(y, s)[1].double(), self._n_keys().to(torch.float64)[None]
 
-    def log_density(self, y, sigma):
-        """Log-density of every query patch under the smoothed training patches, from one pass.
-
-        ``log((1/K) Σ_k N(Π_i v; k, σ² I_D))`` over the ``K`` admissible (measured, pre-inverted)
-        training patches ``k`` of pixel ``i`` — the ``log_density`` of :meth:`posterior`, without
-        its second pass and at the cost of one call (sliding-window kernel where it applies).
-        High values: the query patch is typical of the training patches (chapter "What the
-        agreement reveals").
-
-        Parameters
-        ----------
-        y : Tensor ``[B, C, H, W]``
-        sigma : float or sequence/Tensor ``[B]``
-
-        Returns
-        -------
-        Tensor ``[B, H, W]``
-        """
-        y, s = self._prepare(y, sigma)
-        with torch.no_grad(), no_tf32():
-            lse, K = self._lse_and_keys(y, s)
-            logdens = gaussian_log_density(lse, K, self.D, s.double()[:, None])
+    def _log_density(self, y, s):
+        lse, K = self._lse_and_keys(y, s)
+        logdens = gaussian_log_density(lse, K, self.D, s.double()[:, None])
         return logdens.view(y.shape[0], self.H, self.W).to(self.dtype)
 
     def _posterior_size(self, batch):

@@ -18,8 +18,8 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["screen_sigma", "check_images", "check_sigma", "check_finite_output", "check_topk",
-           "bound_topk"]
+__all__ = ["screen_sigma", "check_images", "check_dtype", "check_sigma", "check_finite_output",
+           "check_topk", "bound_topk"]
 
 
 def _kind(v) -> str | None:
@@ -90,6 +90,15 @@ def check_images(x, name, *, dtype=None, shape=None, device=None):
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values")
     return x
+
+
+def check_dtype(dtype, default):
+    """The compute dtype of an estimator: ``default`` (its training images') when ``dtype`` is
+    None, else ``dtype`` if it is float32 or float64, else a ValueError."""
+    dtype = default if dtype is None else dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    return dtype
 
 
 def check_sigma(sigma, batch, dtype, device):

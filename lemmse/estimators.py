@@ -40,7 +40,6 @@ import numbers
 import torch
 
 from lemmse._estimator import _Estimator, _PatchAttention
-from lemmse._runtime import no_tf32
 from lemmse._validate import check_images
 from lemmse.backends.attention import KeyChunk, StreamingAttention
 from lemmse.operators import Denoising, SuperResolution
@@ -243,28 +242,9 @@ class MMSE(_Estimator):
     def _estimate(self, y, s):
         return self._run(y, s)[0]
 
-    def log_density(self, y, sigma):
-        """Log-density of every query image under the smoothed training images, from one pass.
-
-        ``log((1/N) Σ_n N(v; v_n, σ² I_D))`` with ``v`` the query image and ``v_n`` the
-        measured training images as the distances of the estimator see them (``D`` entries: the
-        observed pixels under a physics-aware mask) — the ``log_density`` of :meth:`posterior`,
-        from one pass in float64 (no values).  One value per image, repeated over its pixels.
-
-        Parameters
-        ----------
-        y : Tensor ``[B, C, H, W]``
-        sigma : float or sequence/Tensor ``[B]``
-
-        Returns
-        -------
-        Tensor ``[B, H, W]``
-        """
-        y, s = self._prepare(y, sigma)
-        with torch.no_grad(), no_tf32():
-            _, lse, _, D = self._run(y, s, dtype=torch.float64, values=False)
-            logdens = gaussian_log_density(lse, self.N, D, s.double())
-        return self._per_image(logdens)
+    def _log_density(self, y, s):  # one float64 pass, no values
+        _, lse, _, D = self._run(y, s, dtype=torch.float64, values=False)
+        return self._per_image(gaussian_log_density(lse, self.N, D, s.double()))
 
     def _posterior_size(self, batch):
         return self.N, batch
@@ -331,35 +311,15 @@ class EquivariantMMSE(_Estimator):
             m = m_new
         return (num / den.view(Bn, 1, 1, 1)).to(self.dtype)
 
-    def log_density(self, y, sigma):
-        """Log-density of every query image under the smoothed, shifted training images.
-
-        ``log((1/K) Σ_{n,g} N(v; T_g A x_n, σ² I_D))`` over the ``K = N·H·W`` circular shifts
-        ``g`` of the ``N`` measured training images, ``D = C·H·W`` — the ``log_density`` of
-        :meth:`posterior`, from one pass of FFT correlations in float64.  One value per image,
-        repeated over its pixels.
-
-        Parameters
-        ----------
-        y : Tensor ``[B, C, H, W]``
-        sigma : float or sequence/Tensor ``[B]``
-
-        Returns
-        -------
-        Tensor ``[B, H, W]``
-        """
-        y, s = self._prepare(y, sigma)
-        f64 = torch.float64
-        with torch.no_grad(), no_tf32():
-            v = self._query_images(y).to(f64)
-            lse = torch.full((v.shape[0],), -math.inf, dtype=f64, device=self.device)
-            for _, _, L in self._logit_chunks(v, s):  # (⟨v, T_g a_n⟩ - ‖a_n‖²/2) / σ²
-                lse = torch.logaddexp(lse, torch.logsumexp(L.flatten(1), 1))
-            s64 = s.to(f64)
-            lse = lse - 0.5 * (v * v).sum(dim=(1, 2, 3)) / s64 ** 2  # the ‖v‖² term
-            HW = self.H * self.W
-            logdens = gaussian_log_density(lse, self.N * HW, self.C * HW, s64)
-        return self._per_image(logdens)
+    def _log_density(self, y, s):  # one pass of FFT correlations, in float64
+        f64, HW = torch.float64, self.H * self.W
+        v = self._query_images(y).to(f64)
+        lse = torch.full((v.shape[0],), -math.inf, dtype=f64, device=self.device)
+        for _, _, L in self._logit_chunks(v, s):  # (⟨v, T_g a_n⟩ - ‖a_n‖²/2) / σ²
+            lse = torch.logaddexp(lse, torch.logsumexp(L.flatten(1), 1))
+        s64 = s.to(f64)
+        lse = lse - 0.5 * (v * v).sum(dim=(1, 2, 3)) / s64 ** 2  # the ‖v‖² term
+        return self._per_image(gaussian_log_density(lse, self.N * HW, self.C * HW, s64))
 
     def _posterior_size(self, batch):
         return self.N * self.H * self.W, batch

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from lemmse._native import load_kernel, load_slide_kernel
 from lemmse._runtime import no_tf32
 from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, joint_plan
-from lemmse._validate import check_images, check_sigma
+from lemmse._validate import check_dtype, check_images, check_sigma
 from lemmse.estimators import LEMMSE, Posterior
 from lemmse.patches import extract_patches, unfold
 from lemmse.operators import Denoising, SuperResolution
@@ -127,10 +127,7 @@ class SuperResolutionLEMMSE(LEMMSE):
         if algorithm not in ("auto", "sliding", "attention"):
             raise ValueError(f"algorithm must be 'auto', 'sliding' or 'attention', got "
                              f"{algorithm!r}")
-        if dtype is None:
-            dtype = train.dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        dtype = check_dtype(dtype, train.dtype)
         s = operator.factor
         N, C, H, W = train.shape
         try:
