@@ -230,9 +230,6 @@ class _PatchAttention(_Estimator):
         raise NotImplementedError
 
     # --- values: the clean centre pixels, unless a subclass attaches others ------------
-    def _value_channels(self):
-        return self.C
-
     def _value_images(self, n0, n1, x):
         """Values of the keys of training images ``n0:n1`` (``x = self.train[n0:n1]``), an
         image ``[n1 - n0, Cv, H, W]`` on the key grid: the centre pixels themselves."""

@@ -69,9 +69,6 @@ _SLIDE_COST = 0.6
 class _BlockBank(LEMMSE):
     """The LE-MMSE machinery on the LR grid, with some channels of the HR blocks as values."""
 
-    def _value_channels(self):
-        return self._vals.shape[1]
-
     def _value_images(self, n0, n1, x):
         return self._vals[n0:n1]
 
