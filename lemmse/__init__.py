@@ -21,6 +21,7 @@ The public names are gathered here; each lives in a small module of its own:
 - :mod:`lemmse.train`: resumable training, checkpoints, ``train_or_load``.
 """
 
+from lemmse import engine  # noqa: F401 (lemmse.engine: the old name of lemmse.backends.attention)
 from lemmse.data import data_root, load_dataset, load_labels
 from lemmse.estimators import (LEMMSE, MMSE, EquivariantMMSE, LocalMMSE, Posterior,
                                extract_patches)

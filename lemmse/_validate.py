@@ -1,4 +1,5 @@
-"""Input checks shared across modules (private; nothing here is re-exported).
+"""Input checks shared across modules (private; nothing here is re-exported; no chapter of its
+own: these are the argument rules of the calls every chapter makes, from chapter 2 on).
 
 The σ rule of the package is :func:`check_sigma` (a float or one value per image, positive and
 finite, still positive in the compute dtype), the image rule :func:`check_images` (a finite,

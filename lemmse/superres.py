@@ -50,9 +50,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from lemmse._native import load_kernel, load_slide_kernel
 from lemmse._runtime import no_tf32
-from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, joint_plan
+from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, joint_plan, native_available
 from lemmse._validate import check_dtype, check_images, check_sigma
 from lemmse.estimators import LEMMSE, Posterior
 from lemmse.patches import extract_patches, unfold
@@ -163,16 +162,17 @@ class SuperResolutionLEMMSE(LEMMSE):
         fours = [every[i:i + 4] for i in range(0, len(every), 4)]
         if self.algorithm == "sliding":
             return [(p, "sliding") for p in phases]
-        cpu32 = self.device.type == "cpu" and self.dtype == torch.float32 and \
-            self.backend != "torch"
-        native = cpu32 and load_kernel() is not None
+        def available(kernel):
+            return native_available(kernel, self.dtype, self.device, self.backend)
+
+        native = available("attention")
         if self.algorithm == "attention":
             return [(g, "attention") for g in fours] if native else [(every, "attention")]
         if not native:
-            if cpu32 and C <= 4 and load_slide_kernel() is not None:
+            if C <= 4 and available("sliding"):
                 return [(p, "sliding") for p in phases]
             return [(every, "attention")]
-        slide = C <= 4 and load_slide_kernel() is not None
+        slide = C <= 4 and available("sliding")
         if slide and _SLIDE_COST * s2 < len(fours):
             return [(p, "sliding") for p in phases]
         return [(g, "attention") for g in fours]

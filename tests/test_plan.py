@@ -62,3 +62,17 @@ def test_sliding_where_it_does_not_apply_raises():
     with pytest.raises(ValueError, match="algorithm"):
         plan(est.problem(), algorithm="fast")
     assert isinstance(lemmse.LEMMSE(train(C=5), patch_size=3).plan(), Plan)
+
+
+def test_engine_is_the_attention_module(monkeypatch):
+    """``lemmse.engine`` (chapter 7's name) is lemmse.backends.attention itself: its names
+    import, and setting ``engine.DIRECT_SIGMA`` changes what the attention does."""
+    import lemmse.backends.attention as attention
+    from lemmse.engine import DEFAULT_MEMORY_BUDGET, KeyChunk, StreamingAttention  # noqa: F401
+
+    assert lemmse.engine is attention and lemmse.engine.choose_backend is not None
+    q, s = torch.rand(4, 9), torch.full((4,), 0.2)
+    monkeypatch.setattr(lemmse.engine, "DIRECT_SIGMA", 1.0)
+    assert StreamingAttention(q, s, value_dim=1, memory_budget=1 << 20).direct
+    monkeypatch.setattr(lemmse.engine, "DIRECT_SIGMA", 0.0)
+    assert not StreamingAttention(q, s, value_dim=1, memory_budget=1 << 20).direct

@@ -7,7 +7,9 @@ estimator's ``backend`` and ``algorithm`` arguments, and returns a :class:`Plan`
 streaming patch attention of :mod:`lemmse.backends.attention`), the back-end that computes it
 (``"native"`` or ``"torch"``), whether the keys go straight into the native kernel's blocks
 of 16, and a sentence saying why.  :func:`attention_backend` is the same choice for a bare
-:class:`~lemmse.backends.attention.StreamingAttention` (``choose_backend`` is its old name).
+:class:`~lemmse.backends.attention.StreamingAttention` (``choose_backend`` is its old name),
+:func:`native_available` whether a kernel can run at all (for the super-resolution LE-MMSE,
+which splits its values into runs by it), :func:`joint_plan` one plan for such runs.
 
 The rules, measured in ``benchmarks/bench_engine.py``:
 
@@ -29,7 +31,7 @@ import torch
 from lemmse._native import isa, load_kernel, load_slide_kernel
 
 __all__ = ["Plan", "plan", "attention_backend", "choose_backend", "images_per_chunk",
-           "joint_plan", "DEFAULT_MEMORY_BUDGET"]
+           "joint_plan", "native_available", "DEFAULT_MEMORY_BUDGET"]
 
 #: Default bound on the working memory of one estimator call, in bytes.
 DEFAULT_MEMORY_BUDGET = 1 << 30
@@ -67,6 +69,15 @@ def images_per_chunk(n_images, memory_budget, bytes_per_image):
     for about four buffers of ``bytes_per_image``, at least one."""
     cap = min(memory_budget, CHUNK_BYTES)
     return max(1, min(n_images, cap // max(1, 4 * bytes_per_image)))
+
+
+def native_available(kernel, dtype, device, backend="auto"):
+    """Whether the native ``kernel`` (``"attention"`` or ``"sliding"``) can compute in
+    ``dtype`` on ``device`` under ``backend`` (float32, the CPU, not ``"torch"``, the kernel
+    built; channel counts aside)."""
+    if backend == "torch" or device.type != "cpu" or dtype != torch.float32:
+        return False
+    return (load_kernel() if kernel == "attention" else load_slide_kernel()) is not None
 
 
 def attention_backend(value_dim, dtype, device, backend="auto", track=False):
