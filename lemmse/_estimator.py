@@ -1,5 +1,7 @@
 """What the estimators share: construction, checks, pre-inverse, the patch problem (chapters 2–7).
 
+- ``_check_images``, ``_check_sigma``, ``_check_dtype``: the estimators' input rules (the
+  σ rule is also :func:`lemmse.train.predict`'s);
 - :class:`_Estimator`: the training set, the operator and its pre-inverse ``B`` (chapter 6),
   the dtype, the memory budget and the ``backend`` argument, all checked once; the query and
   key images (measured, pre-inverted, centred); ``__call__`` and ``posterior`` around each
@@ -21,13 +23,87 @@ import numbers
 import torch
 
 from lemmse._runtime import no_tf32
-from lemmse._validate import bound_topk, check_dtype, check_images, check_sigma, check_topk
+from lemmse._validate import bound_topk, check_topk
 from lemmse.backends import attention, planner, sliding
 from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, images_per_chunk
 from lemmse.operators import Denoising, Operator
 from lemmse.operators import preinverse as make_preinverse
 from lemmse.patches import PatchGeometry, PatchProblem, whitening
-from lemmse.posterior import Posterior, decode_ids, gaussian_log_density
+from lemmse.posterior import gaussian_log_density, patch_posterior
+
+
+# ---------------------------------------------------------------------------- checks
+def _check_images(x, name, *, dtype=None, shape=None, device=None):
+    """``x`` if it is a finite, non-empty float image batch ``[B, C, H, W]`` (of ``dtype``,
+    image ``shape`` and ``device`` when given), else a TypeError or ValueError naming ``name``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, C, H, W], got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape [B, C, H, W] (4 dimensions), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it needs at least one image, got {tuple(x.shape)}")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{name} has images of shape {tuple(x.shape[1:])} (C, H, W), but the "
+                         f"training set has {tuple(shape)}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"{name} has dtype {x.dtype}, but the estimator computes in {dtype}; "
+                         f"convert it with {name}.to({dtype})")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on device {x.device}, but the training set is on {device}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return x
+
+
+def _check_sigma(sigma, batch, dtype, device):
+    """σ as a ``[batch]`` tensor of ``dtype`` on ``device``: a float or one value per image,
+    positive and finite, and still positive in ``dtype`` (the one σ rule of the package: the
+    estimators and :func:`lemmse.train.predict` use it)."""
+    from lemmse._validate import screen_sigma
+
+    sigma = screen_sigma(sigma)  # bool / complex / text values, alone or as elements
+    if isinstance(sigma, bool) or (isinstance(sigma, torch.Tensor) and sigma.dtype == torch.bool):
+        raise TypeError("sigma must be a float or one value per image, got a bool")
+    if isinstance(sigma, torch.Tensor) and (sigma.is_complex() or not (
+            sigma.is_floating_point() or sigma.dtype in (torch.int32, torch.int64))):
+        raise TypeError(f"sigma must hold real numbers, got a tensor of dtype {sigma.dtype}")
+    if isinstance(sigma, complex):
+        raise TypeError(f"sigma must be a real number, got {sigma!r}")
+    if isinstance(sigma, numbers.Real):
+        s = torch.full((batch,), float(sigma), dtype=torch.float64, device=device)
+    else:
+        try:
+            s = torch.as_tensor(sigma, dtype=torch.float64, device=device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"sigma must be a float or a sequence/tensor of {batch} floats, "
+                            f"got {type(sigma).__name__}") from None
+        if s.ndim == 0:
+            s = s.expand(batch)
+        if s.ndim != 1 or s.shape[0] != batch:
+            raise ValueError(f"sigma must be a float or have one value per image ({batch}), got "
+                             f"shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all() or not (s > 0).all():
+        raise ValueError(f"sigma must be positive and finite, got {s.tolist()}")
+    low = float(s.min())
+    s = s.to(dtype)
+    if not (s > 0).all():
+        raise ValueError(f"sigma = {low:g} underflows to 0 in {dtype} (smallest positive normal "
+                         f"{torch.finfo(dtype).tiny:g}); use a larger sigma or float64")
+    if not torch.isfinite((s.double() ** -2).to(dtype)).all():
+        raise ValueError(f"sigma = {low:g} is too small for {dtype}: 1/sigma^2 overflows; use "
+                         f"sigma >= {2 * torch.finfo(dtype).max ** -0.5:.1e} or float64")
+    return s.contiguous()
+
+
+def _check_dtype(dtype, default):
+    """The compute dtype: ``default`` (the training images') when ``dtype`` is None, else
+    ``dtype`` if it is float32 or float64, else a ValueError."""
+    dtype = default if dtype is None else dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    return dtype
 
 
 # ---------------------------------------------------------------------------- base class
@@ -38,12 +114,12 @@ class _Estimator:
 
     def __init__(self, train, operator=None, preinverse="identity", *, dtype=None,
                  memory_budget=DEFAULT_MEMORY_BUDGET, backend="auto"):
-        check_images(train, "train")
+        _check_images(train, "train")
         operator = Denoising() if operator is None else operator
         if not isinstance(operator, Operator):
             raise TypeError(f"operator must be a lemmse.operators.Operator (Denoising, Inpainting,"
                             f" Blur), got {type(operator).__name__}")
-        dtype = check_dtype(dtype, train.dtype)
+        dtype = _check_dtype(dtype, train.dtype)
         if not isinstance(memory_budget, numbers.Integral) or memory_budget < 4096:
             raise ValueError(f"memory_budget must be an integer number of bytes >= 4096, got "
                              f"{memory_budget!r}")
@@ -85,8 +161,8 @@ class _Estimator:
         return self.B(y) - self._offset
 
     def _prepare(self, y, sigma):
-        check_images(y, "y", dtype=self.dtype, shape=(self.C, self.H, self.W), device=self.device)
-        return y, check_sigma(sigma, y.shape[0], self.dtype, self.device)
+        _check_images(y, "y", dtype=self.dtype, shape=(self.C, self.H, self.W), device=self.device)
+        return y, _check_sigma(sigma, y.shape[0], self.dtype, self.device)
 
     def _images_per_chunk(self, bytes_per_image):
         return images_per_chunk(self.N, self.memory_budget, bytes_per_image)
@@ -322,24 +398,4 @@ class _PatchAttention(_Estimator):
     def _posterior(self, y, s, topk):
         _, lse, att, unsort = self._attend(y, s, track=True, topk=topk)
         x_hat = self._estimate(y, s)  # the estimate exactly as a call computes it
-        Bn, H, W = y.shape[0], self.H, self.W
-        HW = H * W
-        d = att.diagnostics()
-        K = att.n_keys.to(self.dtype).to(self.device)
-        sq = s[:, None].expand(Bn, HW)
-        if unsort is None:
-            K = K.view(Bn, HW)
-        else:
-            K = K.view(HW, Bn).transpose(0, 1)[:, unsort]
-        logdens = gaussian_log_density(lse, K, self.D, sq)
-
-        def back(t):
-            t = t.view(Bn, HW, *t.shape[1:]) if unsort is None else \
-                t.view(HW, Bn, *t.shape[1:]).transpose(0, 1)[:, unsort]
-            return t.reshape(Bn, H, W, *t.shape[2:])
-
-        img, position = decode_ids(back(d["topk_ids"]), HW, W)
-        dt = self.dtype
-        return Posterior(x_hat, logdens.view(Bn, H, W).to(dt), back(d["n50"]),
-                         back(d["participation"]).to(dt), back(d["topk_weights"]).to(dt),
-                         img, position)
+        return patch_posterior(x_hat, lse, att, unsort, self.D, s)

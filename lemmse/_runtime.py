@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-__all__ = ["resolve_device", "tune_allocator", "no_tf32", "single_thread", "compiled_forward"]
+__all__ = ["resolve_device", "tune_allocator", "no_tf32", "compiled_forward"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -73,18 +73,6 @@ def no_tf32():
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-@contextlib.contextmanager
-def single_thread():
-    """Run memory-bound torch ops on one thread: with two OpenMP threads on a busy 2-core
-    machine, a descheduled thread stalls every parallel region (measured 40x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def compiled_forward(model: torch.nn.Module):
     """``model``'s forward through ``torch.compile``; on the first call, when compiling fails,
     one RuntimeWarning and the eager forward from then on (same arguments, same step).
@@ -107,3 +95,15 @@ def compiled_forward(model: torch.nn.Module):
         return state["fn"](v, sigma)
 
     return forward
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run memory-bound torch ops on one thread: with two OpenMP threads on a busy 2-core
+    machine, a descheduled thread stalls every parallel region (measured 40x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

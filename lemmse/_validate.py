@@ -1,9 +1,7 @@
-"""Input checks shared across modules (private; nothing here is re-exported; no chapter of its
-own: these are the argument rules of the calls every chapter makes, from chapter 2 on).
+"""Input checks shared across modules (private; nothing here is re-exported).
 
-The σ rule of the package is :func:`check_sigma` (a float or one value per image, positive and
-finite, still positive in the compute dtype), the image rule :func:`check_images` (a finite,
-non-empty float ``[B, C, H, W]`` batch).
+The σ rule of the package is :func:`lemmse.estimators._check_sigma` (a float or one value per
+image, positive and finite, still positive in the compute dtype).
 :func:`screen_sigma` runs before it and rejects what a float conversion would silently turn
 into a number: bools (``True`` is 1.0), complex values (the imaginary part is dropped) and
 text, alone or inside a sequence or array.
@@ -19,8 +17,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["screen_sigma", "check_images", "check_dtype", "check_sigma", "check_finite_output",
-           "check_topk", "bound_topk"]
+__all__ = ["screen_sigma", "check_finite_output", "check_topk", "bound_topk"]
 
 
 def _kind(v) -> str | None:
@@ -67,77 +64,6 @@ def check_finite_output(out: torch.Tensor, what: str, hint) -> torch.Tensor:
         raise ValueError(f"{what} is not finite ({int(bad.sum())} of {out.numel()} entries are "
                          f"NaN or Inf): {hint() if callable(hint) else hint}")
     return out
-
-
-def check_images(x, name, *, dtype=None, shape=None, device=None):
-    """``x`` if it is a finite, non-empty float image batch ``[B, C, H, W]`` (of ``dtype``,
-    image ``shape`` and ``device`` when given), else a TypeError or ValueError naming ``name``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B, C, H, W], got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have shape [B, C, H, W] (4 dimensions), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty: it needs at least one image, got {tuple(x.shape)}")
-    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-        raise ValueError(f"{name} has images of shape {tuple(x.shape[1:])} (C, H, W), but the "
-                         f"training set has {tuple(shape)}")
-    if dtype is not None and x.dtype != dtype:
-        raise ValueError(f"{name} has dtype {x.dtype}, but the estimator computes in {dtype}; "
-                         f"convert it with {name}.to({dtype})")
-    if device is not None and x.device != device:
-        raise ValueError(f"{name} is on device {x.device}, but the training set is on {device}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
-    return x
-
-
-def check_dtype(dtype, default):
-    """The compute dtype of an estimator: ``default`` (its training images') when ``dtype`` is
-    None, else ``dtype`` if it is float32 or float64, else a ValueError."""
-    dtype = default if dtype is None else dtype
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    return dtype
-
-
-def check_sigma(sigma, batch, dtype, device):
-    """σ as a ``[batch]`` tensor of ``dtype`` on ``device``: a float or one value per image,
-    positive and finite, and still positive in ``dtype`` (the one σ rule of the package: the
-    estimators and :func:`lemmse.train.predict` use it)."""
-    sigma = screen_sigma(sigma)  # bool / complex / text values, alone or as elements
-    if isinstance(sigma, bool) or (isinstance(sigma, torch.Tensor) and sigma.dtype == torch.bool):
-        raise TypeError("sigma must be a float or one value per image, got a bool")
-    if isinstance(sigma, torch.Tensor) and (sigma.is_complex() or not (
-            sigma.is_floating_point() or sigma.dtype in (torch.int32, torch.int64))):
-        raise TypeError(f"sigma must hold real numbers, got a tensor of dtype {sigma.dtype}")
-    if isinstance(sigma, complex):
-        raise TypeError(f"sigma must be a real number, got {sigma!r}")
-    if isinstance(sigma, numbers.Real):
-        s = torch.full((batch,), float(sigma), dtype=torch.float64, device=device)
-    else:
-        try:
-            s = torch.as_tensor(sigma, dtype=torch.float64, device=device)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"sigma must be a float or a sequence/tensor of {batch} floats, "
-                            f"got {type(sigma).__name__}") from None
-        if s.ndim == 0:
-            s = s.expand(batch)
-        if s.ndim != 1 or s.shape[0] != batch:
-            raise ValueError(f"sigma must be a float or have one value per image ({batch}), got "
-                             f"shape {tuple(s.shape)}")
-    if not torch.isfinite(s).all() or not (s > 0).all():
-        raise ValueError(f"sigma must be positive and finite, got {s.tolist()}")
-    low = float(s.min())
-    s = s.to(dtype)
-    if not (s > 0).all():
-        raise ValueError(f"sigma = {low:g} underflows to 0 in {dtype} (smallest positive normal "
-                         f"{torch.finfo(dtype).tiny:g}); use a larger sigma or float64")
-    if not torch.isfinite((s.double() ** -2).to(dtype)).all():
-        raise ValueError(f"sigma = {low:g} is too small for {dtype}: 1/sigma^2 overflows; use "
-                         f"sigma >= {2 * torch.finfo(dtype).max ** -0.5:.1e} or float64")
-    return s.contiguous()
 
 
 #: Bytes per (query, kept weight) of the posterior's top-k state: its float64 log-weights and

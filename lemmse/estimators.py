@@ -39,8 +39,7 @@ import numbers
 
 import torch
 
-from lemmse._estimator import _Estimator, _PatchAttention
-from lemmse._validate import check_images
+from lemmse._estimator import _check_images, _check_sigma, _Estimator, _PatchAttention  # noqa: F401
 from lemmse.backends.attention import KeyChunk, StreamingAttention
 from lemmse.operators import Denoising, SuperResolution
 from lemmse.patches import extract_patches, pattern_groups
@@ -119,7 +118,7 @@ class LEMMSE(_PatchAttention):
         if len(G) == 1:
             super().__init__(train, operator, patch_size, preinverse, **kw)
             return
-        check_images(train, "train")
+        _check_images(train, "train")
         check_commutes(G, Denoising() if operator is None else operator, *train.shape[-2:])
         if self.group_weight == 0.0:
             super().__init__(train, operator, patch_size, preinverse, **kw)

@@ -190,7 +190,7 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
     (≈ 0: ``g`` leaves the patch distribution unchanged; ≪ 0: ``g`` makes atypical patches),
     and the nearest-neighbour ratio
     :math:`\rho(g) = \overline{\min_k \|g\cdot q_m - k\|} / \overline{\min_k \|q_m - k\|}`.
-    One pass of the streaming attention engine (``lemmse.backends.attention``; the fused native kernel on
+    One pass of the streaming attention engine (``lemmse.engine``; the fused native kernel on
     CPUs with AVX2 or AVX-512) over the training patches, chunk by chunk, for all ``sigma``
     at once; the nearest-neighbour distances come from one more, tiny noise level ``NN_SIGMA``
     (error below ``2 NN_SIGMA² log K`` in the squared distance).
@@ -215,9 +215,7 @@ def symmetry_score(train, test, group, patch_size, sigma, n_patches=256, seed=0,
         (float64), ``"score_se"``: its standard error over the patches (the paired differences
         ``log p_σ(g q_m) - log p_σ(q_m)``; NaN for one patch), ``"nn_ratio"``: Tensor ``[|G|]``.
     """
-    from lemmse._runtime import no_tf32
-    from lemmse.backends.attention import KeyChunk, StreamingAttention
-    from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET
+    from lemmse.engine import DEFAULT_MEMORY_BUDGET, KeyChunk, StreamingAttention, no_tf32
 
     G = get_group(group)
     for name, t in (("train", train), ("test", test)):

@@ -52,8 +52,8 @@ import torch.nn.functional as F
 
 from lemmse._runtime import no_tf32
 from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, joint_plan, native_available
-from lemmse._validate import check_dtype, check_images, check_sigma
-from lemmse.estimators import LEMMSE, Posterior
+from lemmse._estimator import _check_dtype
+from lemmse.estimators import LEMMSE, Posterior, _check_images, _check_sigma
 from lemmse.patches import extract_patches, unfold
 from lemmse.operators import Denoising, SuperResolution
 
@@ -113,7 +113,7 @@ class SuperResolutionLEMMSE(LEMMSE):
                  memory_budget=DEFAULT_MEMORY_BUDGET, backend="auto", algorithm="auto"):
         if not isinstance(operator, SuperResolution):
             raise TypeError(f"operator must be a SuperResolution, got {type(operator).__name__}")
-        check_images(train, "train")
+        _check_images(train, "train")
         if preinverse != "identity":
             raise ValueError(f"preinverse must be 'identity' for super-resolution (the estimator "
                              f"works on the LR grid), got {preinverse!r}")
@@ -123,7 +123,7 @@ class SuperResolutionLEMMSE(LEMMSE):
         if algorithm not in ("auto", "sliding", "attention"):
             raise ValueError(f"algorithm must be 'auto', 'sliding' or 'attention', got "
                              f"{algorithm!r}")
-        dtype = check_dtype(dtype, train.dtype)
+        dtype = _check_dtype(dtype, train.dtype)
         s = operator.factor
         N, C, H, W = train.shape
         try:
@@ -184,11 +184,11 @@ class SuperResolutionLEMMSE(LEMMSE):
             raise ValueError(f"y has the HR shape {tuple(y.shape[1:])}; the estimator takes the "
                              f"LR measurement [B, {self.C}, {self.h}, {self.w}] "
                              f"(operator.measure(x, sigma))")
-        check_images(y, "y", dtype=self.dtype, device=self.device)
+        _check_images(y, "y", dtype=self.dtype, device=self.device)
         if tuple(y.shape[1:]) != (self.C, self.h, self.w):
             raise ValueError(f"y must be the LR measurement [B, {self.C}, {self.h}, {self.w}] "
                              f"of {self.operator!r}, got images of shape {tuple(y.shape[1:])}")
-        return y, check_sigma(sigma, y.shape[0], self.dtype, self.device)
+        return y, _check_sigma(sigma, y.shape[0], self.dtype, self.device)
 
     def _estimate(self, y, s):
         out = torch.empty(y.shape[0], self.C * self.factor ** 2, self.h, self.w,
@@ -338,7 +338,7 @@ def jacobian(est, y, sigma, pixels):
         ``r = (P - 1) / 2``).
     """
     _, _, cov = _moments(est, y, sigma, pixels)
-    s = float(check_sigma(sigma, 1, torch.float64, "cpu")[0])
+    s = float(_check_sigma(sigma, 1, torch.float64, "cpu")[0])
     bank = _bank_of(est)[0]
     P, C = bank.patch_size, bank.C
     return (cov / s ** 2).reshape(cov.shape[0], cov.shape[1], C, P, P)

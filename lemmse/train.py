@@ -344,9 +344,9 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
     config = getattr(model, "train_config", None) if config is None else config
     if not isinstance(config, TrainConfig):
         raise ValueError("config is needed (a TrainConfig) when the model has no train_config attribute")
-    from lemmse._validate import check_images, check_sigma  # the estimators' own rules
+    from lemmse.estimators import _check_images, _check_sigma  # the estimators' own rules
 
-    check_images(y, "y")
+    _check_images(y, "y")
     if y.is_complex():
         raise ValueError(f"y must be a real floating-point tensor, got {y.dtype}")
     if 0 in y.shape[2:]:
@@ -359,7 +359,7 @@ def predict(model: SigmaNet, y: torch.Tensor, sigma, config: Optional[TrainConfi
         raise ValueError(f"model has factor={factor}, but task {config.task!r} of the config needs "
                          f"a network with factor={want}")
     device = next(model.parameters()).device
-    sigma = check_sigma(screen_sigma(sigma), y.shape[0], torch.float32, device)
+    sigma = _check_sigma(screen_sigma(sigma), y.shape[0], torch.float32, device)
     if not bool(torch.isfinite(sigma).all()):
         raise ValueError(f"sigma overflows float32, in which the network computes (largest "
                          f"{torch.finfo(torch.float32).max:.2g}); it was trained on "
