@@ -269,7 +269,8 @@ class _PatchAttention(_Estimator):
                  algorithm="auto", **kw):
         super().__init__(train, operator, preinverse, **kw)
         if algorithm not in ("auto", "sliding", "attention"):
-            raise ValueError(f"algorithm must be 'auto', 'sliding' or 'attention', got {algorithm!r}")
+            raise ValueError(f"algorithm must be 'auto', 'sliding' or 'attention', got "
+                             f"{algorithm!r}")
         self.algorithm = algorithm
         if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral):
             raise TypeError(f"patch_size must be an odd integer, got {patch_size!r}")

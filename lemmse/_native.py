@@ -4,14 +4,14 @@ The kernel sources ship with the package (``lemmse/_kernels/``): ``attend.c``, t
 attention of :mod:`lemmse.backends.attention`, and ``slide.c``, the sliding-window LE-MMSE of
 :mod:`lemmse.backends.sliding`.  This module is the one place that knows their C signatures:
 :func:`attend` and :func:`slide` take tensors, check their dtype, shape and layout, and raise
-a RuntimeError when a kernel reports a failure.  Both are written once against the vector layer ``simd.h`` and compiled,
-on first use, with the system C compiler for the best instruction set the CPU has: AVX-512
-(``-mavx512f -mavx512dq``, 16 fp32 lanes) or AVX2 with FMA (8 lanes).  The library goes into a
-per-user cache directory and is loaded with :mod:`ctypes`; no build step is needed at install
-time.  ``LEMMSE_ISA=avx2`` builds the AVX2 variant on an AVX-512 machine (to test it there).
-When the CPU has neither, no C compiler is found, or ``LEMMSE_NATIVE=0`` is set,
-:func:`load_kernel` and :func:`load_slide_kernel` return ``None`` and the callers use their
-pure-torch paths (same results, slower on the CPU).
+a RuntimeError when a kernel reports a failure.  Both kernels are written once against the
+vector layer ``simd.h`` and compiled, on first use, with the system C compiler for the best
+instruction set the CPU has: AVX-512 (``-mavx512f -mavx512dq``, 16 fp32 lanes) or AVX2 with
+FMA (8 lanes).  The library goes into a per-user cache directory and is loaded with
+:mod:`ctypes`; no build step is needed at install time.  ``LEMMSE_ISA=avx2`` builds the AVX2
+variant on an AVX-512 machine (to test it there).  When the CPU has neither, no C compiler is
+found, or ``LEMMSE_NATIVE=0`` is set, :func:`load_kernel` and :func:`load_slide_kernel` return
+``None`` and the callers use their pure-torch paths (same results, slower on the CPU).
 
 Cache and environment variables:
 

@@ -50,9 +50,9 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from lemmse._estimator import _check_dtype
 from lemmse._runtime import no_tf32
 from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, joint_plan, native_available
-from lemmse._estimator import _check_dtype
 from lemmse.estimators import LEMMSE, Posterior, _check_images, _check_sigma
 from lemmse.patches import extract_patches, unfold
 from lemmse.operators import Denoising, SuperResolution
@@ -162,6 +162,7 @@ class SuperResolutionLEMMSE(LEMMSE):
         fours = [every[i:i + 4] for i in range(0, len(every), 4)]
         if self.algorithm == "sliding":
             return [(p, "sliding") for p in phases]
+
         def available(kernel):
             return native_available(kernel, self.dtype, self.device, self.backend)
 

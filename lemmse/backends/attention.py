@@ -318,7 +318,7 @@ def packed_chunk(key_images, values, geometry):
     Nc, Cv, D, HW = values.shape[0], values.shape[1], geometry.D, geometry.H * geometry.W
     with single_thread():
         u = unfold(key_images, geometry.P)  # [Nc, D, HW]
-    if geometry.whiten is not None:  # float64 GEMM, on all threads (measured: 40 % of a CIFAR call on one)
+    if geometry.whiten is not None:  # float64 GEMM on all threads (on one: 40 % of a CIFAR call)
         u = (geometry.whiten.T @ u.double()).to(key_images.dtype)
     with single_thread():
         Kt = u.view(Nc, D, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, D, 16)
