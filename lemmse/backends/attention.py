@@ -334,7 +334,9 @@ def _chunk(problem, n0, n1, order, pos_ptr, track, pack):
     geo = problem.geometry
     x, values = problem.train[n0:n1], problem.values[n0:n1]
     if pack:
-        return packed_chunk(problem.keys(x), values, geo)
+        with single_thread():  # the key images too (the pre-inverse's FFTs): see single_thread
+            u = problem.keys(x)
+        return packed_chunk(u, values, geo)
     k = geo.patches(problem.keys(x))  # [Nc, HW, D]
     Cv = values.shape[1]
     v = values.flatten(2).transpose(1, 2)  # [Nc, HW, Cv]
