@@ -39,15 +39,19 @@ Run under ``torchrun`` (see the README, "Computing at scale")::
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import math
 import numbers
+import os
 
 import torch
 import torch.distributed as dist
 
 from lemmse.posterior import gaussian_log_density
 
-__all__ = ["Sharded", "ShardError", "shard_range", "load_shard"]
+__all__ = ["Sharded", "ShardError", "shard_range", "load_shard", "process_group",
+           "estimate_split"]
 
 #: Bytes of an error message exchanged between ranks (longer ones are cut).
 _MSG_BYTES = 400
@@ -334,3 +338,81 @@ def _check_shard(x):
 def _require(ok, message):
     if not ok:
         raise ValueError(message)
+
+
+# ---------------------------------------------------------------------------- the launcher
+@contextlib.contextmanager
+def process_group(device="cpu", timeout=300.0):
+    """The process group of a ``torchrun`` launch (its ``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ...), or a group of one process without ``torchrun``; gloo on the CPU,
+    NCCL for ``device="cuda"`` (one GPU per process, ``LOCAL_RANK``).  Yields ``(rank, world)``
+    and destroys the group on exit.  ``timeout`` (seconds) bounds every collective, so a rank
+    that dies makes the others fail instead of waiting."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if not (isinstance(timeout, numbers.Real) and 0 < timeout < math.inf):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but no GPU is available; use device='cpu'")
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    backend = "nccl" if device == "cuda" else "gloo"
+    kw = {"timeout": datetime.timedelta(seconds=float(timeout))}
+    if "RANK" not in os.environ:  # not under torchrun: a world of one
+        kw.update(store=dist.HashStore(), rank=0, world_size=1)
+    dist.init_process_group(backend, **kw)
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def estimate_split(dataset, *, split="test", n_images=8, sigmas=(0.2,), n_train=None,
+                   task="denoising", physics="agnostic", estimator="lemmse", patch_size=5,
+                   seed=0, batch=8, device="cpu", root=None, process_group=None):
+    """The outputs of an estimator for the first ``n_images`` of ``split``, its training set
+    (the first ``n_train`` training images) sharded over the process group (collective).
+
+    The measurements are those of the experiments (:mod:`lemmse.experiments`: one noise
+    generator per image, seeded by ``noise_seed(split, σ, index, seed)``).  Returns, on every
+    rank, a dict: ``x`` ``[n, C, H, W]``, ``y`` and ``x_hat`` ``[S, n, C, H, W]`` (one per σ),
+    ``sigma`` ``[S]``, ``config`` (the arguments, ``n_train`` and ``world``) and ``seconds``.
+    """
+    import time
+
+    from lemmse.estimators import LEMMSE, MMSE, LocalMMSE
+    from lemmse.experiments.evaluation import _measure
+    from lemmse.tasks import PHYSICS, make_operator
+
+    classes = {"lemmse": LEMMSE, "local": LocalMMSE, "mmse": MMSE}
+    if estimator not in classes:
+        raise ValueError(f"estimator must be one of {tuple(classes)}, got {estimator!r}")
+    if physics not in PHYSICS:
+        raise ValueError(f"physics must be one of {tuple(PHYSICS)}, got {physics!r}")
+    if task == "superresolution":
+        raise ValueError("task='superresolution' is not supported by the sharded estimators")
+    for name, v in (("n_images", n_images), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    rank, world = _rank_world(process_group)
+    shard, _ = load_shard(dataset, "train", n_train, rank=rank, world=world, root=root)
+    from lemmse.data import load_dataset
+
+    x = load_dataset(dataset, split, n=n_images, root=root)
+    op = make_operator(task, x.shape[1:])
+    kw = {} if estimator == "mmse" else {"patch_size": patch_size}
+    t0 = time.perf_counter()
+    est = Sharded(classes[estimator], shard.to(device), op, preinverse=PHYSICS[physics],
+                  process_group=process_group, **kw)
+    ys, outs = [], []
+    for sigma in sigmas:
+        y = _measure(op, x, split, sigma, seed).to(device)
+        ys.append(y.cpu())
+        outs.append(torch.cat([est(y[i:i + batch], sigma).cpu()
+                               for i in range(0, y.shape[0], batch)]))
+    config = dict(dataset=dataset, split=split, n_images=int(x.shape[0]), n_train=est.N,
+                  task=task, physics=physics, estimator=estimator, patch_size=patch_size,
+                  seed=seed, world=world)
+    return {"x": x, "y": torch.stack(ys), "x_hat": torch.stack(outs),
+            "sigma": torch.tensor([float(s) for s in sigmas]), "config": config,
+            "seconds": time.perf_counter() - t0}

@@ -282,3 +282,41 @@ def test_offset_keyword_of_the_estimators():
         LEMMSE(train, patch_size=3, offset=[0.0, 1.0])
     with pytest.raises(ValueError, match="offset must be 1 finite numbers"):
         LEMMSE(train, patch_size=3, offset=[float("nan")])
+
+
+# ---------------------------------------------------------------------------- the command line
+def test_shard_command_under_torchrun_equals_single_process(real_data_root, tmp_path):
+    import subprocess
+    import sys
+
+    from lemmse import LEMMSE, load_dataset
+    from lemmse.tasks import make_operator
+
+    out = tmp_path / "out.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD),
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           "-m", "lemmse", "shard", "--dataset", "fashion-mnist", "--n-train", "51",
+           "--n-images", "2", "--sigma", "0.1", "0.3", "--task", "inpainting-random",
+           "--physics", "aware", "--patch-size", "3", "--timeout", "30",
+           "--data-root", str(real_data_root), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=JOIN_S, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "51 training images over 2 processes" in run.stdout
+    got = torch.load(out)
+    assert got["config"]["world"] == WORLD and got["x_hat"].shape == (2, 2, 1, 28, 28)
+    train = load_dataset("fashion-mnist", "train", n=51, root=real_data_root)
+    est = LEMMSE(train, make_operator("inpainting-random", (1, 28, 28)), patch_size=3,
+                 preinverse="inverse")
+    for k, sigma in enumerate((0.1, 0.3)):
+        assert (got["x_hat"][k] - est(got["y"][k], sigma)).abs().max() <= 1e-6
+
+
+def test_shard_command_reports_bad_options(real_data_root, tmp_path, capsys):
+    from lemmse.cli import main
+
+    out = tmp_path / "out.pt"
+    code = main(["shard", "--dataset", "fashion-mnist", "--n-train", "5", "--n-images", "0",
+                 "--data-root", str(real_data_root), "--out", str(out)])
+    assert code == 1 and "n_images must be a positive integer" in capsys.readouterr().err
+    assert not out.exists()
