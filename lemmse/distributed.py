@@ -17,7 +17,8 @@ softmax between two chunks:
 the maximum and one of the rescaled numerators and denominators, in float64; a rank with an
 empty shard has ``ℓ_r = -∞`` and weight 0.  Every rank gets the same result (the all-reduce
 hands the same sums to all).  The log-density of :meth:`lemmse.LEMMSE.log_density` follows from
-``ℓ`` and the number of keys of the whole set.
+``ℓ`` and the number of keys of the whole set; the posterior diagnostics from each shard's
+largest weights and ``Σ w²``, rescaled by ``e^{ℓ_r - ℓ}`` (:meth:`Sharded.posterior`).
 
 The centring offset of the patches (the per-channel mean of the training set, which makes the
 float32 distances accurate) is the mean of the *whole* set on every rank (``offset=`` of the
@@ -183,7 +184,12 @@ class Sharded:
 
     Collective: every rank constructs it and calls it with the same arguments (``y`` and
     ``sigma`` are checked to be equal on all ranks); every rank gets the same result, equal to
-    ``estimator_cls(whole_set, *args, **kw)`` up to the float32 rounding of the merge.
+    ``estimator_cls(whole_set, *args, **kw)`` up to the float32 rounding of the merge
+    (≤ 1e-6 where the estimator accumulates in float64: the sliding-window kernel, and the
+    native attention below σ = 0.1).  The float32 native attention above σ = 0.1 (the
+    physics-aware blur) sums its weights in float32: it differs from its own float64 value
+    by up to ~2e-5 (FashionMNIST), and the sharded result, whose sums are split differently,
+    differs from it by as much, but not more from the float64 value.
 
     Attributes
     ----------
@@ -198,11 +204,17 @@ class Sharded:
         from lemmse.estimators import LEMMSE, MMSE, LocalMMSE
 
         self._comm = comm = _Comm(process_group)
-        if not (isinstance(estimator_cls, type) and issubclass(estimator_cls, (LEMMSE, LocalMMSE, MMSE))):
-            raise TypeError(f"estimator_cls must be LEMMSE, LocalMMSE or MMSE, got {estimator_cls!r}")
-        if "offset" in kw:
-            raise ValueError("offset is set by Sharded (the mean of the whole training set)")
-        comm.run("checking the training shard", _check_shard, train_shard)
+
+        def check():
+            if not (isinstance(estimator_cls, type)
+                    and issubclass(estimator_cls, (LEMMSE, LocalMMSE, MMSE))):
+                raise TypeError(f"estimator_cls must be LEMMSE, LocalMMSE or MMSE, got "
+                                f"{estimator_cls!r}")
+            if "offset" in kw:
+                raise ValueError("offset is set by Sharded (the mean of the whole training set)")
+            _check_shard(train_shard)
+
+        comm.run("checking the arguments", check)
         n, C, H, W = train_shard.shape
         dtype = kw.get("dtype") or train_shard.dtype
         code = {torch.float32: 0, torch.float64: 1}.get(train_shard.dtype, 2)
@@ -311,6 +323,9 @@ class Sharded:
         per pixel ``[B, H, W]`` (as :meth:`lemmse.LEMMSE.log_density`; for the MMSE one value
         per image, repeated over the pixels, as its ``posterior``) (collective)."""
         _, lse, s = self._x_lse(y, sigma)
+        return self._log_density(lse, s)
+
+    def _log_density(self, lse, s):
         est = self.estimator
         Bn, H, W = lse.shape[0], est.H, est.W
         if self._mmse:
@@ -323,6 +338,67 @@ class Sharded:
             D = est.D
         out = gaussian_log_density(lse, K.to(lse.device), D, s.double().view(Bn, 1, 1, 1))
         return out.expand(Bn, 1, H, W).reshape(Bn, H, W).to(est.dtype)
+
+    def posterior(self, y, sigma, topk=8):
+        """The estimate and the diagnostics of its weights over the whole set, as the
+        estimator's ``posterior`` (:class:`lemmse.Posterior`), the same on every rank
+        (collective; not for ``0 < group_weight < 1``).
+
+        Each rank takes the ``max(topk, 256)`` largest weights of its shard and its ``Σ w²``;
+        rescaled by ``e^{ℓ_r - ℓ}`` they are weights of the whole set, whose ``topk`` largest
+        are among them.  ``topk_image`` is the image's index in the whole set (in the
+        orbit bank ``g·N + n`` for ``group=``); ``n50`` is exact where it is at most 256
+        (:data:`lemmse.engine.N50_EXACT`) and ``-1`` where it is larger (the single-process
+        estimator counts those on a histogram of the weights, which the ranks do not exchange).
+        """
+        from lemmse._validate import check_topk
+        from lemmse.engine import N50_EXACT
+        from lemmse.posterior import Posterior
+
+        if len(self._parts) > 1:
+            raise ValueError("posterior is not available for 0 < group_weight < 1 (two key "
+                             "banks); use group_weight=1 or 0, or call the estimator")
+        topk = check_topk(topk)
+        keep = max(topk, N50_EXACT)
+        y, s = self._queries(y, sigma)
+        est, (H, W) = self.estimator, (self.estimator.H, self.estimator.W)
+        n = self.stop - self.start
+
+        def local():
+            (x, lse), = self._local(y, s)
+            shape = (y.shape[0], H, W)
+            w = torch.zeros(*shape, keep, dtype=torch.float64, device=y.device)
+            img = torch.full((*shape, keep), -1, dtype=torch.int64, device=y.device)
+            pos = torch.full((*shape, keep, 2), -1, dtype=torch.int64, device=y.device)
+            s2 = torch.zeros(shape, dtype=torch.float64, device=y.device)
+            if not self._empty:
+                with torch.no_grad():
+                    post = est.posterior(y, s, topk=keep)
+                k = post.topk_weights.shape[-1]
+                w[..., :k] = post.topk_weights.double()
+                i = post.topk_image
+                img[..., :k] = torch.where(i >= 0, (i // n) * self.N + self.start + i % n, i)
+                pos[..., :k, :] = post.topk_position
+                s2 = 1.0 / post.participation.double()
+            return x, lse, w, img, pos, s2
+
+        x, lse_r, w, img, pos, s2 = self._comm.run("computing the shard's posterior", local)
+        x_hat, lse = self._merge(x, lse_r)
+        scale = torch.exp(lse_r - lse).view(lse.shape[0], *lse.shape[2:])  # [B, H|1, W|1]
+        s2 = self._comm.all_reduce(s2 * scale ** 2)
+        w = self._comm.all_gather(w * scale[..., None])  # [world, B, H, W, keep]
+        img, pos = self._comm.all_gather(img), self._comm.all_gather(pos)
+        w, order = w.permute(1, 2, 3, 0, 4).flatten(3).topk(keep, dim=-1)
+        img = img.permute(1, 2, 3, 0, 4).flatten(3).gather(-1, order)
+        pos = pos.permute(1, 2, 3, 0, 4, 5).flatten(3, 4)
+        pos = pos.gather(3, order[..., None].expand(*order.shape, 2))
+        reached = w.cumsum(-1) >= 0.5
+        n50 = torch.where(reached.any(-1), reached.double().argmax(-1) + 1,
+                          torch.full_like(img[..., 0], -1))
+        dt, dev = est.dtype, y.device
+        return Posterior(x_hat.to(dt), self._log_density(lse, s), n50.to(dev),
+                         (1.0 / s2).to(dt), w[..., :topk].to(dev, dt), img[..., :topk].to(dev),
+                         pos[..., :topk, :].to(dev))
 
 
 def _check_shard(x):

@@ -98,6 +98,10 @@ def _scenario_equal(rank, result):
         for how, (a, b) in splits.items():
             est = Sharded(cls, train[a:b], op, **kw)
             result[name, how] = (est(y, SIGMA), est.log_density(y, SIGMA), est.offset)
+            if "d4" not in name:  # (a symmetric orbit has tied weights: top-k order)
+                result[name, how, "posterior"] = vars(est.posterior(y, SIGMA, topk=5))
+            if name == "denoising":  # σ = 0.4: n50 > 256 at a third of the pixels
+                result[name, how, "posterior_flat"] = vars(est.posterior(y, 0.4, topk=5))
             if name == "denoising":  # the centring each rank's estimator applies: -queries(0)
                 zero = torch.zeros(1, *train.shape[1:])
                 result[name, how, "centre"] = -est.estimator.problem().queries(zero)[0, :, 0, 0]
@@ -206,6 +210,39 @@ def test_sharded_equals_single_process(equal_runs, name, how):
     # with the same (whole-set) offset as the ranks used, as tight
     x_same, _ = _reference(cls, op, kw, y, offset=offset)
     assert (x0 - x_same).abs().max() <= tol
+
+
+@pytest.mark.parametrize("how", ["ranges", "empty"])
+@pytest.mark.parametrize("name", [n for n in _cases() if "d4" not in n])
+def test_sharded_posterior_equals_single_process(equal_runs, name, how):
+    cls, op, kw, y = _cases()[name]
+    tol = 1e-12 if kw.get("dtype") == torch.float64 else 1e-6
+    ref = cls(_train(), op, **kw).posterior(y, SIGMA, topk=5)
+    got = equal_runs[0][name, how, "posterior"]
+    for field in ("x_hat", "log_density", "n50", "participation", "topk_weights",
+                  "topk_image", "topk_position"):
+        a, b = got[field], getattr(ref, field)
+        assert a.shape == b.shape and a.dtype == b.dtype, field
+        assert torch.equal(a, equal_runs[1][name, how, "posterior"][field]), field
+    assert (got["x_hat"] - ref.x_hat).abs().max() <= tol
+    assert ((got["topk_weights"] - ref.topk_weights).abs()).max() <= tol
+    assert ((got["participation"] / ref.participation) - 1).abs().max() <= 10 * tol
+    ld, ld_ref = got["log_density"], ref.log_density
+    assert ((ld - ld_ref).abs() / (1 + ld_ref.abs())).max() <= 5 * tol
+    assert torch.equal(got["topk_image"], ref.topk_image)  # whole-set image ids
+    assert torch.equal(got["topk_position"], ref.topk_position)
+    small = ref.n50 <= 256  # exact there; -1 (more than 256) elsewhere
+    assert torch.equal(got["n50"][small], ref.n50[small]) and (got["n50"][~small] == -1).all()
+
+
+def test_sharded_n50_beyond_256_is_minus_one(equal_runs):
+    cls, op, kw, y = _cases()["denoising"]
+    ref = cls(_train(), op, **kw).posterior(y, 0.4, topk=5)
+    got = equal_runs[0]["denoising", "ranges", "posterior_flat"]
+    small = ref.n50 <= 256
+    assert 0 < int((~small).sum()) < small.numel()  # both kinds of pixel occur
+    assert torch.equal(got["n50"][small], ref.n50[small]) and (got["n50"][~small] == -1).all()
+    assert ((got["participation"] / ref.participation) - 1).abs().max() <= 1e-5
 
 
 def test_every_rank_centres_on_the_whole_sets_mean(equal_runs):
