@@ -31,6 +31,7 @@ import socket
 import statistics
 import sys
 import time
+from queue import Empty
 
 import torch
 import torch.multiprocessing as mp
@@ -93,7 +94,15 @@ def sharded(world, dataset, P, n_train, images, repeats, root):
                                               repeats, root, queue)) for r in range(world)]
     for p in procs:
         p.start()
-    build, times, x_hat = queue.get(timeout=3600)
+    while True:  # rank 0's result, or an error if a rank exits without one
+        try:
+            build, times, x_hat = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"a rank failed: exit codes {[p.exitcode for p in procs]}")
     x_hat = torch.from_numpy(x_hat)
     for p in procs:
         p.join()
