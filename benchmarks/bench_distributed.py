@@ -18,8 +18,8 @@ It prints, for the LE-MMSE of ``--dataset`` (default FashionMNIST; denoising, ``
    worker gives the cost-model input *seconds per query image per training image per core*
    (and per (query pixel, key patch) pair).
 
-The processes talk over the loopback (127.0.0.1, a free port); every rank must return the same
-estimate, and rank 0's is compared with the single-process estimate (max abs difference).
+The processes talk over the loopback (127.0.0.1, a free port); rank 0's estimate is compared
+with the single-process one (max abs difference; both centred on the float64 mean of the set).
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ def threaded(threads, dataset, P, n_train, images, repeats, root):
     try:
         train, y = _problem(dataset, n_train, images, root)
         t = time.perf_counter()
-        est = LEMMSE(train, patch_size=P)
+        # centred on the float64 mean, as the ranks are: the float32 estimator moves by its own
+        # rounding error (9e-6 for CIFAR-10 at P = 17) when the offset moves by one ulp
+        est = LEMMSE(train, patch_size=P, offset=train.double().mean(dim=(0, 2, 3)))
         build = time.perf_counter() - t
         times = []
         for _ in range(repeats + 1):
