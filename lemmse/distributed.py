@@ -227,7 +227,8 @@ class Sharded:
         counts = head[:, 0]
         self.N = int(counts.sum())
         if self.N == 0:
-            raise ValueError("every training shard is empty: the whole set needs at least one image")
+            raise ValueError("every training shard is empty: the whole set needs at least one "
+                             "image")
         self.start = int(counts[:comm.rank].sum())
         self.stop = self.start + n
         sums = torch.cat([train_shard.double().sum(dim=(0, 2, 3)),
@@ -293,7 +294,8 @@ class Sharded:
         """The identity of the module docstring: ``(x̂, ℓ)`` over all ranks, float64."""
         m = self._comm.all_reduce(lse.clone(), dist.ReduceOp.MAX)
         a = torch.exp(lse - m)  # 0 for an empty shard or a query it has no key for
-        buf = self._comm.all_reduce(torch.cat([(a * x).flatten(), a.flatten()]))
+        ax = torch.where(a > 0, a * x, torch.zeros_like(x))  # (x̂_r may be NaN there)
+        buf = self._comm.all_reduce(torch.cat([ax.flatten(), a.flatten()]))
         num, den = buf[:x.numel()].view_as(x), buf[x.numel():].view_as(a)
         return num / den, m + torch.log(den)
 
@@ -351,6 +353,7 @@ class Sharded:
         (:data:`lemmse.engine.N50_EXACT`) and ``-1`` where it is larger (the single-process
         estimator counts those on a histogram of the weights, which the ranks do not exchange).
         """
+        from lemmse._runtime import no_tf32
         from lemmse._validate import check_topk
         from lemmse.engine import N50_EXACT
         from lemmse.posterior import Posterior
@@ -382,7 +385,8 @@ class Sharded:
                 s2 = 1.0 / post.participation.double()
             return x, lse, w, img, pos, s2
 
-        x, lse_r, w, img, pos, s2 = self._comm.run("computing the shard's posterior", local)
+        with no_tf32():
+            x, lse_r, w, img, pos, s2 = self._comm.run("computing the shard's posterior", local)
         x_hat, lse = self._merge(x, lse_r)
         scale = torch.exp(lse_r - lse).view(lse.shape[0], *lse.shape[2:])  # [B, H|1, W|1]
         s2 = self._comm.all_reduce(s2 * scale ** 2)
