@@ -202,6 +202,7 @@ class Sharded:
 
     def __init__(self, estimator_cls, train_shard, *args, process_group=None, **kw):
         from lemmse.estimators import LEMMSE, MMSE, LocalMMSE
+        from lemmse.operators import SuperResolution
 
         self._comm = comm = _Comm(process_group)
 
@@ -212,6 +213,8 @@ class Sharded:
                                 f"{estimator_cls!r}")
             if "offset" in kw:
                 raise ValueError("offset is set by Sharded (the mean of the whole training set)")
+            if isinstance(args[0] if args else kw.get("operator"), SuperResolution):
+                raise TypeError("Sharded does not support the super-resolution LE-MMSE")
             _check_shard(train_shard)
 
         comm.run("checking the arguments", check)
@@ -240,10 +243,6 @@ class Sharded:
             if self._empty else train_shard
         self.estimator = est = comm.run(
             "building the estimator", lambda: estimator_cls(shard, *args, offset=self.offset, **kw))
-        from lemmse.superres import SuperResolutionLEMMSE
-
-        if isinstance(est, SuperResolutionLEMMSE):
-            raise TypeError("Sharded does not support the super-resolution LE-MMSE")
         self._mmse = isinstance(est, MMSE)
         rest = getattr(est, "_rest", None)  # LEMMSE with 0 < group_weight < 1: two key banks
         self._parts = [est] if rest is None else [est, rest]

@@ -357,3 +357,32 @@ def test_shard_command_reports_bad_options(real_data_root, tmp_path, capsys):
                  "--data-root", str(real_data_root), "--out", str(out)])
     assert code == 1 and "n_images must be a positive integer" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_world_of_one_without_torchrun():
+    """``process_group`` outside torchrun: one process; the merge of one shard is the identity."""
+    from lemmse import LEMMSE, EquivariantMMSE, SuperResolution
+    from lemmse.distributed import Sharded, process_group
+
+    train = _train()
+    y = train[:2] + 0.05
+    assert "RANK" not in os.environ
+    with process_group("cpu", timeout=30) as (rank, world):
+        assert (rank, world) == (0, 1)
+        est = Sharded(LEMMSE, train, patch_size=3)
+        assert (est.N, est.start, est.stop) == (N, 0, N)
+        alone = LEMMSE(train, patch_size=3, offset=est.offset)
+        assert torch.equal(est(y, SIGMA), alone(y, SIGMA))  # bit for bit
+        with pytest.raises(TypeError, match="estimator_cls must be LEMMSE, LocalMMSE or MMSE"):
+            Sharded(EquivariantMMSE, train)
+        with pytest.raises(TypeError, match="super-resolution"):
+            Sharded(LEMMSE, train, SuperResolution(2), patch_size=3)
+        with pytest.raises(ValueError, match="offset is set by Sharded"):
+            Sharded(LEMMSE, train, patch_size=3, offset=[0.5])
+        with pytest.raises(ValueError, match="every training shard is empty"):
+            Sharded(LEMMSE, train[:0], patch_size=3)
+        with pytest.raises(ValueError, match="patch_size must be odd"):
+            Sharded(LEMMSE, train, patch_size=4)
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        with process_group("cpu", timeout=0):
+            pass
