@@ -113,7 +113,7 @@ class _Estimator:
     _supports_inverse = True
 
     def __init__(self, train, operator=None, preinverse="identity", *, dtype=None,
-                 memory_budget=DEFAULT_MEMORY_BUDGET, backend="auto"):
+                 memory_budget=DEFAULT_MEMORY_BUDGET, backend="auto", offset=None):
         _check_images(train, "train")
         operator = Denoising() if operator is None else operator
         if not isinstance(operator, Operator):
@@ -144,8 +144,14 @@ class _Estimator:
         self.memory_budget = int(memory_budget)
         self.backend = backend
         self.N, self.C, self.H, self.W = train.shape
-        # centring offset (per channel): distances are invariant to it, fp32 cancellation is not
-        self._offset = self.train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+        # centring offset (per channel): distances are invariant to it, fp32 cancellation is not;
+        # ``offset=`` [C] fixes it (the whole set's mean for a shard, lemmse.distributed)
+        offset = self.train.mean(dim=(0, 2, 3)) if offset is None else \
+            torch.as_tensor(offset, dtype=dtype, device=self.device).flatten()
+        if offset.numel() != self.C or not torch.isfinite(offset).all():
+            raise ValueError(f"offset must be {self.C} finite numbers (one per channel), got "
+                             f"{offset.tolist()}")
+        self._offset = offset.view(1, -1, 1, 1)
 
     # measured, pre-inverted, centred training images.  An inverse filter amplifies the
     # round-off of an fp32 FFT by up to 1/|k̂|, so pre-inverses are applied in float64.
