@@ -64,8 +64,8 @@ def matmul_gflops(n=2048, repeats=10):
 
 def plain_baseline(est, y, sigma, row_chunk=1024, col_chunk=16384):
     """Chunked GEMM + exp + running max over the same keys as ``est`` (agnostic or whitened)."""
-    q = est._patches(est._query_images(y)).reshape(-1, est.D)
-    k = est._patches(est._keys_images(est.train)).reshape(-1, est.D)
+    q = est.geometry.patches(est._query_images(y)).reshape(-1, est.D)
+    k = est.geometry.patches(est._keys_images(est.train)).reshape(-1, est.D)
     v = est.train.flatten(2).transpose(1, 2).reshape(-1, est.C)
     kk = 0.5 * (k * k).sum(1)
     out = torch.empty(q.shape[0], est.C)

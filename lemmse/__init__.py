@@ -9,7 +9,8 @@ The public names are gathered here; each lives in a small module of its own:
 - :mod:`lemmse.estimators`: ``MMSE``, ``EquivariantMMSE``, ``LocalMMSE``, ``LEMMSE``;
 - :mod:`lemmse.superres`: the super-resolution LE-MMSE (``LEMMSE(train, SuperResolution(s))``)
   and the exact Jacobian of the LE-MMSE (``jacobian``, ``bank_moments``);
-- :mod:`lemmse.engine`: the streaming attention engine behind them;
+- :mod:`lemmse.backends`: what solves them (the plan, the streaming attention, the sliding
+  window; ``lemmse.engine`` is the attention's former name);
 - :mod:`lemmse.groups`: grid symmetry groups (``get_group``) and ``symmetry_score``;
 - :mod:`lemmse.diagnostics`: the exact weights behind chosen output pixels (``pixel_weights``);
 - :mod:`lemmse.metrics`: ``psnr``, ``fsds``;
@@ -20,6 +21,7 @@ The public names are gathered here; each lives in a small module of its own:
 - :mod:`lemmse.train`: resumable training, checkpoints, ``train_or_load``.
 """
 
+from lemmse import engine  # noqa: F401 (lemmse.engine: the old name of lemmse.backends.attention)
 from lemmse.data import data_root, load_dataset, load_labels
 from lemmse.estimators import (LEMMSE, MMSE, EquivariantMMSE, LocalMMSE, Posterior,
                                extract_patches)

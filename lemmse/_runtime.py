@@ -7,6 +7,8 @@
 - :func:`no_tf32`: TF32 off for CUDA matrix products and convolutions inside a block, so that
   float32 on a GPU means float32 (book chapter 7 on why the engine never uses TF32; also the
   training loop).
+- :func:`single_thread`: torch on one thread inside a block (the memory-bound copies of the
+  native backends, chapter 7);
 - :func:`compiled_forward`: a network's forward through ``torch.compile``, falling back to the
   eager forward with one warning where compilation fails (``TrainConfig(compile=True)``).
 """
@@ -88,3 +90,15 @@ def compiled_forward(model: torch.nn.Module):
         return state["fn"](v, sigma)
 
     return forward
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run memory-bound torch ops on one thread: with two OpenMP threads on a busy 2-core
+    machine, a descheduled thread stalls every parallel region (measured 40x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

@@ -8,6 +8,8 @@ over the admissible keys.  This module holds what is read off those weights:
 - :func:`gaussian_log_density`: the log of the Gaussian-smoothed empirical density of the keys,
   ``log((1/K) Σ_k N(q; k, σ² I_D)) = lse - log K - (D/2) log(2πσ²)`` from the natural-log
   log-sum-exp ``lse`` of the logits ``-‖q - k‖²/2σ²`` (the one formula of the package);
+- :func:`patch_posterior`: the :class:`Posterior` of a patch estimator from the diagnostics its
+  attention tracked;
 - :func:`decode_ids`: a key id ``n·HW + j`` as (training image ``n``, position ``j`` as
   ``(row, column)``);
 - :func:`pixel_weights` and :class:`PixelWeights`: the exact weight maps behind chosen output
@@ -34,7 +36,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Posterior", "PixelWeights", "pixel_weights", "gaussian_log_density", "decode_ids"]
+__all__ = ["Posterior", "PixelWeights", "pixel_weights", "gaussian_log_density", "decode_ids",
+           "patch_posterior"]
 
 _CHUNK_BYTES = 128 << 20
 
@@ -80,6 +83,32 @@ def image_posterior(x_hat, *per_image, H, W):
     def field(t):
         return t.view(t.shape[0], 1, 1, *t.shape[1:]).expand(t.shape[0], H, W, *t.shape[1:])
     return Posterior(x_hat, *(field(t) for t in per_image))
+
+
+def patch_posterior(x_hat, lse, att, unsort, dim, sigma):
+    """The :class:`Posterior` of a patch estimator from its tracked attention.
+
+    ``x_hat`` ``[B, C, H, W]`` the estimate; ``lse`` ``[B, H*W]`` and ``att`` (a
+    ``StreamingAttention`` after its second pass, queries in the group layout) from
+    ``lemmse.backends.attention.solve(..., track=True)`` with ``unsort`` its permutation back to
+    position order (``None``: one group); ``dim`` the patch dimension ``D``; ``sigma`` ``[B]``.
+    """
+    Bn, _, H, W = x_hat.shape
+    HW, dt = H * W, x_hat.dtype
+    d = att.diagnostics()
+    K = att.n_keys.to(dt).to(x_hat.device)
+    K = K.view(Bn, HW) if unsort is None else K.view(HW, Bn).transpose(0, 1)[:, unsort]
+    logdens = gaussian_log_density(lse, K, dim, sigma[:, None].expand(Bn, HW))
+
+    def back(t):  # [B·HW, ...] in the attention's layout -> [B, H, W, ...]
+        t = t.view(Bn, HW, *t.shape[1:]) if unsort is None else \
+            t.view(HW, Bn, *t.shape[1:]).transpose(0, 1)[:, unsort]
+        return t.reshape(Bn, H, W, *t.shape[2:])
+
+    img, position = decode_ids(back(d["topk_ids"]), HW, W)
+    return Posterior(x_hat, logdens.view(Bn, H, W).to(dt), back(d["n50"]),
+                     back(d["participation"]).to(dt), back(d["topk_weights"]).to(dt),
+                     img, position)
 
 
 def gaussian_log_density(lse, n_keys, dim, sigma):

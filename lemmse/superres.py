@@ -50,9 +50,10 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from lemmse._native import load_kernel, load_slide_kernel
+from lemmse._estimator import _check_dtype
+from lemmse._runtime import no_tf32
 from lemmse._validate import check_images
-from lemmse.engine import DEFAULT_MEMORY_BUDGET, no_tf32
+from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, joint_plan, native_available
 from lemmse.estimators import LEMMSE, Posterior, _check_images, _check_sigma
 from lemmse.patches import extract_patches, unfold
 from lemmse.operators import Denoising, SuperResolution
@@ -67,9 +68,6 @@ _SLIDE_COST = 0.6
 
 class _BlockBank(LEMMSE):
     """The LE-MMSE machinery on the LR grid, with some channels of the HR blocks as values."""
-
-    def _value_channels(self):
-        return self._vals.shape[1]
 
     def _value_images(self, n0, n1, x):
         return self._vals[n0:n1]
@@ -127,10 +125,7 @@ class SuperResolutionLEMMSE(LEMMSE):
         if algorithm not in ("auto", "sliding", "attention"):
             raise ValueError(f"algorithm must be 'auto', 'sliding' or 'attention', got "
                              f"{algorithm!r}")
-        if dtype is None:
-            dtype = train.dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        dtype = _check_dtype(dtype, train.dtype)
         s = operator.factor
         N, C, H, W = train.shape
         try:
@@ -169,16 +164,18 @@ class SuperResolutionLEMMSE(LEMMSE):
         fours = [every[i:i + 4] for i in range(0, len(every), 4)]
         if self.algorithm == "sliding":
             return [(p, "sliding") for p in phases]
-        cpu32 = self.device.type == "cpu" and self.dtype == torch.float32 and \
-            self.backend != "torch"
-        native = cpu32 and load_kernel() is not None
+
+        def available(kernel):
+            return native_available(kernel, self.dtype, self.device, self.backend)
+
+        native = available("attention")
         if self.algorithm == "attention":
             return [(g, "attention") for g in fours] if native else [(every, "attention")]
         if not native:
-            if cpu32 and C <= 4 and load_slide_kernel() is not None:
+            if C <= 4 and available("sliding"):
                 return [(p, "sliding") for p in phases]
             return [(every, "attention")]
-        slide = C <= 4 and load_slide_kernel() is not None
+        slide = C <= 4 and available("sliding")
         if slide and _SLIDE_COST * s2 < len(fours):
             return [(p, "sliding") for p in phases]
         return [(g, "attention") for g in fours]
@@ -199,12 +196,19 @@ class SuperResolutionLEMMSE(LEMMSE):
     def _estimate(self, y, s):
         out = torch.empty(y.shape[0], self.C * self.factor ** 2, self.h, self.w,
                           dtype=self.dtype, device=self.device)
-        paths = []
+        plans = []
         for (idx, _), bank in zip(self._groups, self._banks):
             out[:, idx] = bank._estimate(y, s)
-            paths.append(bank._last_path)
-        self._last_path = paths[0] if len(set(paths)) == 1 else "mixed"
+            plans.append(bank.last_plan)
+        self.last_plan = joint_plan(plans)
         return F.pixel_shuffle(out, self.factor)
+
+    def plan(self, track=False):
+        """The plan of a call: that of every run over a group of value channels, joined (path
+        ``"mixed"`` when the runs differ; see :meth:`lemmse.estimators.LEMMSE.plan`)."""
+        if track:
+            return self._banks[0].plan(track=True)
+        return joint_plan([bank.plan() for bank in self._banks])
 
     def _lse_and_keys(self, y, s):
         return self._banks[0]._lse_and_keys(y, s)

@@ -638,14 +638,6 @@ KNOWN = {
         "float32 whitened distances of an ill-conditioned inverse filter (k^ = 0 at Nyquist) lose "
         "~1e-2 of the estimate; a fix needs float64 distances or a conditioning warning",
 }
-for _entry, _cid, *_ in CASES:
-    if _entry in ("MMSE.log_density", "EquivariantMMSE.log_density"):
-        KNOWN[f"{_entry}:{_cid}"] = "log_density of MMSE/EquivariantMMSE: issue 16 branch"
-for _name in ESTIMATORS:
-    KNOWN[f"{_name}():train-meta"] = (
-        "lemmse.estimators._check_images reads bool(torch.isfinite(train).all()) (.item() on a "
-        "meta tensor: RuntimeError) before any shared check; the fix, calling "
-        "lemmse._validate.check_images there, is an edit of estimators.py")
 
 TMP_IDS = ([f"load_dataset:{c}" for c in ["name-unknown", "name-none", "name-int", "split-val",
                                            "split-none", "n-negative", "n-zero", "n-float", "n-text",

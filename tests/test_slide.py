@@ -331,7 +331,7 @@ def test_algorithm_argument():
     est = lemmse.LEMMSE(train, patch_size=3, algorithm="attention")
     a = est(y, 0.3)
     assert est._last_path == "attention"
-    if lemmse.estimators.load_slide_kernel() is not None:
+    if _native.load_slide_kernel() is not None:
         est = lemmse.LEMMSE(train, patch_size=3, algorithm="sliding")
         assert (est(y, 0.3) - a).abs().max() <= 1e-5 and est._last_path == "slide"
     est = lemmse.LEMMSE(train, patch_size=3, algorithm="sliding", backend="torch")
