@@ -76,3 +76,21 @@ def test_engine_is_the_attention_module(monkeypatch):
     assert StreamingAttention(q, s, value_dim=1, memory_budget=1 << 20).direct
     monkeypatch.setattr(lemmse.engine, "DIRECT_SIGMA", 0.0)
     assert not StreamingAttention(q, s, value_dim=1, memory_budget=1 << 20).direct
+
+
+def test_memory_budget_below_one_image_warns_and_still_computes():
+    """A budget that cannot hold one training image's working memory is named, with the fix
+    (issue 18: memory_budget=4096 ran for minutes without a word); the result is unchanged."""
+    import warnings
+
+    from lemmse import LEMMSE
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(6, 1, 16, 16, generator=g)
+    y = torch.rand(1, 1, 16, 16, generator=g)
+    with pytest.warns(RuntimeWarning, match=r"memory_budget=4096 bytes .*raise memory_budget"):
+        small = LEMMSE(train, patch_size=3, memory_budget=4096)(y, 0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default budget: no warning
+        full = LEMMSE(train, patch_size=3)(y, 0.2)
+    assert torch.allclose(small, full, atol=1e-6)

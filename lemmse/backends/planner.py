@@ -24,6 +24,7 @@ The rules, measured in ``benchmarks/bench_engine.py``:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -66,9 +67,19 @@ class Plan:
 
 def images_per_chunk(n_images, memory_budget, bytes_per_image):
     """Training images per chunk: within ``memory_budget`` and ``CHUNK_BYTES``, with room
-    for about four buffers of ``bytes_per_image``, at least one."""
+    for about four buffers of ``bytes_per_image``, at least one.
+
+    A budget below one image's working memory cannot be kept: the training set is then
+    streamed one image at a time (slow, and above the budget), with a warning that says so."""
+    need = 4 * max(1, bytes_per_image)
+    if memory_budget < need and n_images > 1:
+        warnings.warn(f"memory_budget={memory_budget} bytes is below the working memory of one "
+                      f"training image (about {need} bytes): the training set is streamed one "
+                      f"image at a time, slowly and above the budget; raise memory_budget "
+                      f"(default {DEFAULT_MEMORY_BUDGET} bytes, 1 GiB)", RuntimeWarning,
+                      stacklevel=4)
     cap = min(memory_budget, CHUNK_BYTES)
-    return max(1, min(n_images, cap // max(1, 4 * bytes_per_image)))
+    return max(1, min(n_images, cap // need))
 
 
 def native_available(kernel, dtype, device, backend="auto"):
