@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import copy
 import numbers
+import sys
 
 import torch
 
-from lemmse._runtime import no_tf32
-from lemmse._validate import bound_topk, check_images, check_topk
+from lemmse._runtime import no_tf32, progress_bars
+from lemmse._validate import bound_topk, check_bool, check_images, check_topk
 from lemmse.backends import attention, planner, sliding
 from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, images_per_chunk
 from lemmse.operators import Denoising, Operator
@@ -192,7 +193,7 @@ class _Estimator:
         with torch.no_grad(), no_tf32():
             return self._estimate(y, s)
 
-    def posterior(self, y, sigma, topk=8):
+    def posterior(self, y, sigma, topk=8, progress=None):
         """Estimate plus the diagnostics of the weights (see :class:`Posterior`).
 
         Two passes over the training set on the torch back-end (slower than a call).  For the
@@ -206,16 +207,22 @@ class _Estimator:
         sigma : float or sequence/Tensor ``[B]``
         topk : int
             Number of largest weights reported per pixel.
+        progress : bool or None
+            Show a progress bar over the chunks of the training set (patch estimators);
+            ``None``: when standard error is a terminal.
 
         Returns
         -------
         Posterior
         """
         topk = check_topk(topk)
+        progress = check_bool("progress", progress) if progress is not None else \
+            sys.stderr.isatty()
         y, s = self._prepare(y, sigma)
         n_keys, n_queries = self._posterior_size(y.shape[0])
         topk = bound_topk(topk, n_keys, n_queries, self.memory_budget)
-        with torch.no_grad(), no_tf32():
+        label = f"{type(self).__name__}.posterior" if progress else None
+        with torch.no_grad(), no_tf32(), progress_bars(label):
             return self._posterior(y, s, int(topk))
 
     def log_density(self, y, sigma):

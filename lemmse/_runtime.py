@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import warnings
 
 import torch
@@ -102,3 +103,28 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+_PROGRESS = contextvars.ContextVar("lemmse_progress", default=None)
+
+
+@contextlib.contextmanager
+def progress_bars(description):
+    """Within the block, the chunked solvers (``lemmse.backends.attention.solve``) show a
+    progress bar over their chunks, labelled ``description`` (``None``: no bar); used by the
+    estimators' ``posterior(progress=...)``."""
+    token = _PROGRESS.set(description)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def progress_bar(total):
+    """A tqdm bar of ``total`` steps inside :func:`progress_bars`, else ``None``."""
+    description = _PROGRESS.get()
+    if description is None or total < 2:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="chunk", leave=False)

@@ -147,13 +147,13 @@ class LEMMSE(_PatchAttention):
         lam = self.group_weight
         return torch.logaddexp(l0, l1 + math.log(lam)), k0 + lam * k1
 
-    def posterior(self, y, sigma, topk=8):
+    def posterior(self, y, sigma, topk=8, progress=None):
         """Estimate plus the diagnostics of the weights (see :class:`Posterior`); not for
         ``0 < group_weight < 1``."""
         if self._rest is not None:
             raise ValueError("posterior is not available for 0 < group_weight < 1 (two key "
                              "banks); use group_weight=1 or 0, or call the estimator")
-        return super().posterior(y, sigma, topk)
+        return super().posterior(y, sigma, topk, progress=progress)
 
     def __repr__(self):
         r = super().__repr__()

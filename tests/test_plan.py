@@ -94,3 +94,22 @@ def test_memory_budget_below_one_image_warns_and_still_computes():
         warnings.simplefilter("error")  # the default budget: no warning
         full = LEMMSE(train, patch_size=3)(y, 0.2)
     assert torch.allclose(small, full, atol=1e-6)
+
+
+def test_posterior_progress_bar(capsys):
+    """``posterior(progress=True)`` shows a bar over the chunks (issue 18: a posterior ran for
+    half a minute without a word); ``progress=False`` shows none; a non-bool is refused."""
+    from lemmse import LEMMSE
+
+    g = torch.Generator().manual_seed(1)
+    train = torch.rand(40, 1, 16, 16, generator=g)
+    y = torch.rand(1, 1, 16, 16, generator=g)
+    est = LEMMSE(train, patch_size=3, memory_budget=1 << 18)  # several chunks
+    quiet = est.posterior(y, 0.2, topk=2, progress=False)
+    assert "posterior" not in capsys.readouterr().err
+    loud = est.posterior(y, 0.2, topk=2, progress=True)
+    err = capsys.readouterr().err
+    assert "LEMMSE.posterior" in err and "chunk" in err
+    assert torch.equal(quiet.x_hat, loud.x_hat)
+    with pytest.raises(TypeError, match="progress"):
+        est.posterior(y, 0.2, progress="yes")

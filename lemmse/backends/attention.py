@@ -38,7 +38,7 @@ import torch
 
 from lemmse import _native
 from lemmse._native import load_kernel  # noqa: F401 (lemmse.engine.load_kernel)
-from lemmse._runtime import no_tf32, single_thread  # noqa: F401 (no_tf32: lemmse.engine)
+from lemmse._runtime import no_tf32, progress_bar, single_thread  # noqa: F401 (no_tf32: lemmse.engine)
 from lemmse.backends._tracking import N50_EXACT, _Diagnostics
 from lemmse.backends.planner import (DEFAULT_MEMORY_BUDGET, attention_backend,
                                      choose_backend, images_per_chunk)
@@ -387,11 +387,17 @@ def solve(problem, y, s, plan, *, memory_budget, track=False, topk=8):
     per_image = HW * (D + Cv + 2) * problem.train.dtype.itemsize * 3
     step = images_per_chunk(N, memory_budget, per_image)
     pack = plan.pack and not track
-    for p in range(2 if track else 1):
+    passes = 2 if track else 1
+    bar = progress_bar(passes * -(-N // step))
+    for p in range(passes):
         if p == 1:
             att.begin_second_pass()
         for n0 in range(0, N, step):
             att.update(_chunk(problem, n0, min(N, n0 + step), order, pos_ptr, track, pack))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     out, lse = att.result()
     # back to [B, HW, ...] in position order
     if order is None:
