@@ -26,7 +26,8 @@ PACKAGES=(
 
 STAMP_TEXT="$(printf '%s\n' "${PACKAGES[@]}")"
 if [ -f "$DEST/VERSIONS.txt" ] && [ "$(cat "$DEST/VERSIONS.txt")" = "$STAMP_TEXT" ] \
-   && [ -f "$DEST/mathjax/tex-mml-chtml.js" ] && [ -f "$DEST/require.js" ] && [ -f "$DEST/widgets/embed-amd.js" ]; then
+   && [ -f "$DEST/mathjax/tex-mml-chtml.js" ] && [ -f "$DEST/require.js" ] && [ -f "$DEST/widgets/embed-amd.js" ] \
+   && compgen -G "$DEST/widgets/fonts/*.woff2" >/dev/null; then
   exit 0
 fi
 
@@ -78,6 +79,10 @@ cp "$TMP/x/requirejs-2.3.8/package/require.js" "$NEW/require.js"
 # The ipywidgets HTML manager (BSD-3-Clause): the AMD embedder used by myst-nb's widget output.
 WM="$TMP/x/jupyter-widgets-html-manager-1.0.6/package"
 cp "$WM/dist/embed-amd.js" "$NEW/widgets/"
+# Its icon fonts (Font Awesome Free 5.15.4, SIL OFL 1.1), which its style sheet loads from
+# @jupyter-widgets/html-manager/dist/ relative to the page: book/_ext/lemmse_site.py puts them there.
+mkdir -p "$NEW/widgets/fonts"
+cp "$WM"/dist/*.woff2 "$NEW/widgets/fonts/"
 cp "$WM/LICENSE" "$NEW/widgets/LICENSE"
 
 printf '%s\n' "$STAMP_TEXT" > "$NEW/VERSIONS.txt"

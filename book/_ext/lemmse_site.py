@@ -12,6 +12,10 @@
 - The index of theorems, definitions and other statements (``prf-prf.html``) lists each by its
   title, grouped by kind and naming its chapter (sphinx-proof listed raw labels such as
   ``thm-lemmse``), and it is linked under the table of contents (``templates/lemmse-indices.html``).
+- The widget manager's icon fonts (vendored by ``scripts/vendor_js.sh``) are copied to where its
+  style sheet requests them, ``@jupyter-widgets/html-manager/dist/`` beside each widget page
+  (they were three 404s on each widget page).
+- The theme's colour mode defaults to ``auto`` (unset, the theme logged a console error).
 - The themes' JavaScript and CSS source maps (about 3.4 MiB, useful only to debug the themes) are
   not copied to the site, and the references to them are removed from the files that named them.
 """
@@ -19,6 +23,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from docutils import nodes
@@ -167,13 +172,39 @@ def _proof_index_class():
     return StatementIndex
 
 
+#: Where the widget manager's style sheet looks for its icon fonts, relative to the page.
+WIDGET_FONTS = Path("@jupyter-widgets") / "html-manager" / "dist"
+
+
+def place_widget_fonts(outdir: Path) -> list[Path]:
+    """Copy the vendored icon fonts (``_static/widgets/fonts``) to ``WIDGET_FONTS`` beside
+    every page that embeds widgets, where the widget manager requests them; the folders made."""
+    fonts = sorted((outdir / "_static" / "widgets" / "fonts").glob("*.woff2"))
+    made = []
+    if not fonts:
+        return made
+    folders = {page.parent for page in outdir.rglob("*.html")
+               if "application/vnd.jupyter.widget-state+json" in page.read_text(errors="ignore")}
+    for folder in sorted(folders):
+        dest = folder / WIDGET_FONTS
+        dest.mkdir(parents=True, exist_ok=True)
+        for font in fonts:
+            shutil.copyfile(font, dest / font.name)
+        made.append(dest)
+    return made
+
+
 def _finish(app, exception):
     if exception is None and app.builder.format == "html":
         strip_source_maps(Path(app.outdir) / "_static")
+        place_widget_fonts(Path(app.outdir))
 
 
 def _add_static(app, config):
     config.html_static_path = [*config.html_static_path, str(STATIC)]
+    # the theme's colour mode when the reader has chosen none: with none set, the theme's script
+    # logged "Got invalid theme mode" to the console on every first visit
+    config.html_context = {"default_mode": "auto", **(config.html_context or {})}
     config.templates_path = [*config.templates_path, str(TEMPLATES)]
     if not config.html_sidebars:
         config.html_sidebars = {"**": SIDEBAR}
