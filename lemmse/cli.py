@@ -378,66 +378,11 @@ def _run_patch_size(args) -> int:
 
 
 # --------------------------------------------------------------------------- shard
-
-
 def _add_shard(sub):
-    from lemmse.data import DATASETS
-    from lemmse.tasks import PHYSICS, TASKS
+    """Register ``python -m lemmse shard`` (defined beside the sharded estimators)."""
+    from lemmse._shard_run import add_shard_command
 
-    p = sub.add_parser(
-        "shard",
-        help="LE-MMSE outputs for a data set split, the training set sharded over the "
-             "processes of torchrun -> .pt",
-        description="Every process (torchrun --nproc-per-node K python -m lemmse shard ...; "
-                    "alone, one process) holds 1/K of the training set; the outputs "
-                    "(lemmse.distributed.estimate_split) are written by rank 0.",
-    )
-    p.add_argument("--dataset", choices=DATASETS, required=True)
-    p.add_argument("--split", choices=("train", "test"), default="test", help="(default: test)")
-    p.add_argument("--n-images", type=int, default=8, help="first images of the split (default: 8)")
-    p.add_argument("--sigma", type=float, nargs="+", default=[0.2], help="(default: 0.2)")
-    p.add_argument("--n-train", type=int, default=None, help="first training images (default: all)")
-    p.add_argument("--task", choices=[t for t in TASKS if t != "superresolution"],
-                   default="denoising")
-    p.add_argument("--physics", choices=tuple(PHYSICS), default="agnostic")
-    p.add_argument("--estimator", choices=("lemmse", "local", "mmse"), default="lemmse")
-    p.add_argument("--patch-size", type=int, default=5, help="(default: 5)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    p.add_argument("--batch", type=int, default=8, help="query images per call (default: 8)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu: gloo; cuda: NCCL, one GPU per process (default: cpu)")
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds any collective may wait for the other processes (default: 600)")
-    p.add_argument("--out", type=Path, required=True, help=".pt file, written atomically")
-    p.add_argument("--data-root", default=None,
-                   help="data folder (default: $LEMMSE_DATA or ~/.cache/lemmse/data)")
-    p.set_defaults(func=_run_shard)
-
-
-def _run_shard(args) -> int:
-    import torch
-
-    from lemmse._io import atomic_path
-    from lemmse.distributed import ShardError, estimate_split, process_group
-
-    with process_group(args.device, args.timeout) as (rank, world):
-        try:
-            out = estimate_split(args.dataset, split=args.split, n_images=args.n_images,
-                                 sigmas=args.sigma, n_train=args.n_train, task=args.task,
-                                 physics=args.physics, estimator=args.estimator,
-                                 patch_size=args.patch_size, seed=args.seed, batch=args.batch,
-                                 device=args.device, root=args.data_root)
-        except ShardError as err:
-            print(f"error (rank {rank}): {err}", file=sys.stderr)
-            return 1
-        if rank == 0:
-            with atomic_path(args.out) as tmp:
-                torch.save(out, tmp)
-            c = out["config"]
-            print(f"{c['estimator']} {c['task']} {c['physics']}: {c['n_images']} {c['split']} "
-                  f"images x {len(args.sigma)} sigma, {c['n_train']} training images over "
-                  f"{world} processes, {out['seconds']:.1f} s; wrote {args.out}")
-    return 0
+    add_shard_command(sub)
 
 
 # --------------------------------------------------------------------------- the program

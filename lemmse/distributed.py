@@ -16,7 +16,7 @@ softmax between two chunks:
 (``x̂_r = num_r / den_r`` with ``den_r = e^{ℓ_r}`` up to the common factor), one all-reduce of
 the maximum and one of the rescaled numerators and denominators, in float64; a rank with an
 empty shard has ``ℓ_r = -∞`` and weight 0.  Every rank gets the same result (the all-reduce
-hands the same sums to all).  The log-density of :meth:`lemmse.LEMMSE.log_density` follows from
+hands the same sums to all).  The log-density of :meth:`lemmse.estimators.LEMMSE.log_density` follows from
 ``ℓ`` and the number of keys of the whole set; the posterior diagnostics from each shard's
 largest weights and ``Σ w²``, rescaled by ``e^{ℓ_r - ℓ}`` (:meth:`Sharded.posterior`).
 
@@ -40,11 +40,8 @@ Run under ``torchrun`` (see the README, "Computing at scale")::
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import math
 import numbers
-import os
 
 import torch
 import torch.distributed as dist
@@ -74,19 +71,6 @@ def shard_range(n, rank, world):
     base, extra = divmod(int(n), int(world))
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
-
-
-def load_shard(name, split="train", n=None, *, rank=None, world=None, process_group=None,
-               root=None):
-    """The images of this rank's :func:`shard_range` of the first ``n`` images of a data set
-    split (``rank``/``world`` default to the process group's); ``(shard, start)``."""
-    from lemmse.data import load_dataset
-
-    if rank is None or world is None:
-        rank, world = _rank_world(process_group)
-    x = load_dataset(name, split, n=n, root=root)
-    a, b = shard_range(x.shape[0], rank, world)
-    return x[a:b].clone(), a
 
 
 # ---------------------------------------------------------------------------- collectives
@@ -168,20 +152,6 @@ class _Comm:
 class Sharded:
     """An estimator over the union of the training shards of a process group.
 
-    Parameters
-    ----------
-    estimator_cls : type
-        :class:`lemmse.LEMMSE` (any operator and pre-inverse, any ``group``/``group_weight``),
-        :class:`lemmse.LocalMMSE` or :class:`lemmse.MMSE`.
-    train_shard : Tensor ``[n_r, C, H, W]``
-        This rank's training images (``n_r`` may be 0; at least one image over all ranks).
-        The whole set is the concatenation of the shards in rank order.
-    *args, **kw
-        The estimator's other arguments (operator, patch size, pre-inverse, dtype, ...), the
-        same on every rank.
-    process_group : ProcessGroup, optional
-        Default: the default process group (``group=`` is the LE-MMSE's symmetry group).
-
     Collective: every rank constructs it and calls it with the same arguments (``y`` and
     ``sigma`` are checked to be equal on all ranks); every rank gets the same result, equal to
     ``estimator_cls(whole_set, *args, **kw)`` up to the float32 rounding of the merge
@@ -191,11 +161,29 @@ class Sharded:
     by up to ~2e-5 (FashionMNIST), and the sharded result, whose sums are split differently,
     differs from it by as much, but not more from the float64 value.
 
+    Parameters
+    ----------
+    estimator_cls : type
+        :class:`lemmse.estimators.LEMMSE` (any operator and pre-inverse, any ``group`` and
+        ``group_weight``), :class:`lemmse.estimators.LocalMMSE` or
+        :class:`lemmse.estimators.MMSE`.
+    train_shard : Tensor ``[n_r, C, H, W]``
+        This rank's training images (``n_r`` may be 0; at least one image over all ranks).
+        The whole set is the concatenation of the shards in rank order.
+    \\*args, \\*\\*kw
+        The estimator's other arguments (operator, patch size, pre-inverse, dtype, ...), the
+        same on every rank.
+    process_group : ProcessGroup, optional
+        Default: the default process group (``group=`` is the LE-MMSE's symmetry group).
+
     Attributes
     ----------
-    estimator : the estimator of this rank's shard (built on one zero image if it is empty)
+    estimator : object
+        The estimator of this rank's shard (built on one zero image if it is empty).
     N : int
-        Number of training images over all ranks; ``start``, ``stop``: this rank's range.
+        Number of training images over all ranks.
+    start, stop : int
+        This rank's range of the whole set.
     offset : Tensor ``[C]``
         The per-channel mean of the whole set, the centring of every rank's patches.
     """
@@ -321,7 +309,7 @@ class Sharded:
 
     def log_density(self, y, sigma):
         """``log((1/K) Σ_k N(q; k, σ² I_D))`` over the ``K`` admissible keys of the whole set,
-        per pixel ``[B, H, W]`` (as :meth:`lemmse.LEMMSE.log_density`; for the MMSE one value
+        per pixel ``[B, H, W]`` (as :meth:`lemmse.estimators.LEMMSE.log_density`; for the MMSE one value
         per image, repeated over the pixels, as its ``posterior``) (collective)."""
         _, lse, s = self._x_lse(y, sigma)
         return self._log_density(lse, s)
@@ -342,14 +330,14 @@ class Sharded:
 
     def posterior(self, y, sigma, topk=8):
         """The estimate and the diagnostics of its weights over the whole set, as the
-        estimator's ``posterior`` (:class:`lemmse.Posterior`), the same on every rank
+        estimator's ``posterior`` (:class:`lemmse.estimators.Posterior`), the same on every rank
         (collective; not for ``0 < group_weight < 1``).
 
         Each rank takes the ``max(topk, 256)`` largest weights of its shard and its ``Σ w²``;
         rescaled by ``e^{ℓ_r - ℓ}`` they are weights of the whole set, whose ``topk`` largest
         are among them.  ``topk_image`` is the image's index in the whole set (in the
         orbit bank ``g·N + n`` for ``group=``); ``n50`` is exact where it is at most 256
-        (:data:`lemmse.engine.N50_EXACT`) and ``-1`` where it is larger (the single-process
+        (``lemmse.engine.N50_EXACT``) and ``-1`` where it is larger (the single-process
         estimator counts those on a histogram of the weights, which the ranks do not exchange).
         """
         from lemmse._runtime import no_tf32
@@ -419,79 +407,6 @@ def _require(ok, message):
         raise ValueError(message)
 
 
-# ---------------------------------------------------------------------------- the launcher
-@contextlib.contextmanager
-def process_group(device="cpu", timeout=300.0):
-    """The process group of a ``torchrun`` launch (its ``RANK``, ``WORLD_SIZE``,
-    ``MASTER_ADDR``, ...), or a group of one process without ``torchrun``; gloo on the CPU,
-    NCCL for ``device="cuda"`` (one GPU per process, ``LOCAL_RANK``).  Yields ``(rank, world)``
-    and destroys the group on exit.  ``timeout`` (seconds) bounds every collective, so a rank
-    that dies makes the others fail instead of waiting."""
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if not (isinstance(timeout, numbers.Real) and 0 < timeout < math.inf):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' but no GPU is available; use device='cpu'")
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    backend = "nccl" if device == "cuda" else "gloo"
-    kw = {"timeout": datetime.timedelta(seconds=float(timeout))}
-    if "RANK" not in os.environ:  # not under torchrun: a world of one
-        kw.update(store=dist.HashStore(), rank=0, world_size=1)
-    dist.init_process_group(backend, **kw)
-    try:
-        yield dist.get_rank(), dist.get_world_size()
-    finally:
-        dist.destroy_process_group()
-
-
-def estimate_split(dataset, *, split="test", n_images=8, sigmas=(0.2,), n_train=None,
-                   task="denoising", physics="agnostic", estimator="lemmse", patch_size=5,
-                   seed=0, batch=8, device="cpu", root=None, process_group=None):
-    """The outputs of an estimator for the first ``n_images`` of ``split``, its training set
-    (the first ``n_train`` training images) sharded over the process group (collective).
-
-    The measurements are those of the experiments (:mod:`lemmse.experiments`: one noise
-    generator per image, seeded by ``noise_seed(split, σ, index, seed)``).  Returns, on every
-    rank, a dict: ``x`` ``[n, C, H, W]``, ``y`` and ``x_hat`` ``[S, n, C, H, W]`` (one per σ),
-    ``sigma`` ``[S]``, ``config`` (the arguments, ``n_train`` and ``world``) and ``seconds``.
-    """
-    import time
-
-    from lemmse.estimators import LEMMSE, MMSE, LocalMMSE
-    from lemmse.experiments.evaluation import _measure
-    from lemmse.tasks import PHYSICS, make_operator
-
-    classes = {"lemmse": LEMMSE, "local": LocalMMSE, "mmse": MMSE}
-    if estimator not in classes:
-        raise ValueError(f"estimator must be one of {tuple(classes)}, got {estimator!r}")
-    if physics not in PHYSICS:
-        raise ValueError(f"physics must be one of {tuple(PHYSICS)}, got {physics!r}")
-    if task == "superresolution":
-        raise ValueError("task='superresolution' is not supported by the sharded estimators")
-    for name, v in (("n_images", n_images), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    rank, world = _rank_world(process_group)
-    shard, _ = load_shard(dataset, "train", n_train, rank=rank, world=world, root=root)
-    from lemmse.data import load_dataset
-
-    x = load_dataset(dataset, split, n=n_images, root=root)
-    op = make_operator(task, x.shape[1:])
-    kw = {} if estimator == "mmse" else {"patch_size": patch_size}
-    t0 = time.perf_counter()
-    est = Sharded(classes[estimator], shard.to(device), op, preinverse=PHYSICS[physics],
-                  process_group=process_group, **kw)
-    ys, outs = [], []
-    for sigma in sigmas:
-        y = _measure(op, x, split, sigma, seed).to(device)
-        ys.append(y.cpu())
-        outs.append(torch.cat([est(y[i:i + batch], sigma).cpu()
-                               for i in range(0, y.shape[0], batch)]))
-    config = dict(dataset=dataset, split=split, n_images=int(x.shape[0]), n_train=est.N,
-                  task=task, physics=physics, estimator=estimator, patch_size=patch_size,
-                  seed=seed, world=world)
-    return {"x": x, "y": torch.stack(ys), "x_hat": torch.stack(outs),
-            "sigma": torch.tensor([float(s) for s in sigmas]), "config": config,
-            "seconds": time.perf_counter() - t0}
+# the launcher side (process groups, shards from disk, whole splits, the CLI) lives in
+# lemmse/_shard_run.py; imported here so that lemmse.distributed holds every public name
+from lemmse._shard_run import estimate_split, load_shard, process_group  # noqa: E402
