@@ -553,7 +553,8 @@ def test_layout_problems_detects_each_defect():
         _layout(filealt=[{"src": "_images/0a1b.png", "alt": "_images/0a1b.png"}]), "p")[0]
     assert "console error: Uncaught ReferenceError" in layout_problems(
         _layout(errors=["Uncaught ReferenceError: Queue is not defined"]), "p")[0]
-    assert layout_problems(_layout(errors=["Got invalid theme mode: . Resetting to auto."]), "p") == []
+    assert "console error: Got invalid theme mode" in layout_problems(  # fixed: no longer allowed
+        _layout(errors=["Got invalid theme mode: . Resetting to auto."]), "p")[0]
     assert "THEBE_JS_URL" in layout_problems(
         _layout(errors=["Uncaught SyntaxError: Identifier 'THEBE_JS_URL' has already been declared"]), "p")[0]
     assert "font failed to load: Icons" in layout_problems(_layout(fonts=["Icons"]), "p")[0]
