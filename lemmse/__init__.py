@@ -1,5 +1,8 @@
 """lemmse: the Local-Equivariant MMSE, an analytic model of CNN inverse-problem solvers.
 
+The book (``book/``, chapters 1–15) derives every estimator here and runs it; each module
+names its chapter.
+
 The public names are gathered here; each lives in a small module of its own:
 
 - :mod:`lemmse.operators`: forward operators (``Denoising``, ``Inpainting``, ``Blur``,

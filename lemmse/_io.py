@@ -1,4 +1,4 @@
-"""One way to write a file: completely or not at all.
+"""One way to write a file: completely or not at all (an implementation detail, in no chapter).
 
 :func:`atomic_path` hands out a temporary path beside the destination (same folder, so the
 final ``os.replace`` is atomic on POSIX and Windows) and moves it into place only when the

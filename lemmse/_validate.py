@@ -1,21 +1,19 @@
-"""Input checks shared across modules (private; nothing here is re-exported).
+"""Input checks shared across modules (private, nothing re-exported; no chapter covers them).
 
 One rule for every public entry point: what an argument *is* (not a tensor, a tensor of a
 non-real-float dtype, a bool, text or complex value where a number goes, a float where an
 integer goes) is a TypeError; what it *holds* (its shape, size, emptiness, NaN/Inf, range,
-device) a ValueError.  Every message names the argument and says what was expected.
-(``lemmse.estimators`` still has its own image and σ checks, ``_check_images`` and
-``_check_sigma``: the same rule except a ValueError for a non-float dtype, and a crash on a
-meta-device ``train``; they are to be replaced by the functions here.)
+device) a ValueError.  Every message names the argument and says what was expected.  The
+estimators' ``_check_images`` and ``_check_sigma`` (``lemmse._estimator``) and
+``lemmse.distributed`` build on the functions here and add only their own conditions (the
+training set's image shape, dtype and device; ``1/σ²`` finite in the compute dtype).
 
 - :func:`check_images`: the one image check (a real floating-point tensor ``[B, C, H, W]`` with
   data, not empty, finite, on the expected device);
 - :func:`parse_sigma`: the one σ parser (a float or one value per image, positive and finite,
   still positive in the compute dtype); :func:`screen_sigma` is its first step and rejects
   what a float conversion would silently turn into a number: bools (``True`` is 1.0), complex
-  values (the imaginary part is dropped) and text, alone or inside a sequence or array.
-  ``lemmse.estimators._check_sigma`` applies the same rule (plus the 1/σ² overflow of its
-  logits) with its own code;
+  values (the imaginary part is dropped) and text, alone or inside a sequence or array;
 - :func:`check_device`, :func:`check_bool`, :func:`check_int`, :func:`check_float`,
   :func:`check_choice`: scalar arguments;
 - :func:`check_finite_output` names the inputs when a finite input gave a non-finite result;

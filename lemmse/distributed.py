@@ -1,5 +1,7 @@
 """The LE-MMSE of a training set sharded over ``torch.distributed`` (gloo on CPUs, NCCL on GPUs).
 
+Book chapter 7, section "Beyond one machine", derives the merge and runs it with ``torchrun``.
+
 Every estimator of the package is a softmax over keys built from the training images, so it
 splits exactly over a partition of the training set.  Rank ``r`` holds the images of its shard
 and computes, for the same queries, the estimate ``x̂_r`` and the log-sum-exp ``ℓ_r`` of its own
@@ -46,6 +48,7 @@ import numbers
 import torch
 import torch.distributed as dist
 
+from lemmse._validate import check_images
 from lemmse.posterior import gaussian_log_density
 
 __all__ = ["Sharded", "ShardError", "shard_range", "load_shard", "process_group",
@@ -393,13 +396,11 @@ class Sharded:
 
 
 def _check_shard(x):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"train_shard must be a torch.Tensor [n, C, H, W], got {type(x).__name__}")
-    if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"train_shard must be a floating-point tensor [n, C, H, W] (n may be 0), "
-                         f"got {x.dtype} of shape {tuple(x.shape)}")
-    if x.shape[0] and not torch.isfinite(x).all():
-        raise ValueError("train_shard contains NaN or Inf values")
+    # the package's image rule, except that a rank may hold no images (n = 0)
+    check_images(x, "train_shard", allow_empty=True)
+    if 0 in x.shape[1:]:
+        raise ValueError(f"train_shard must have images with pixels [n, C, H, W] (n may be 0), "
+                         f"got shape {tuple(x.shape)}")
 
 
 def _require(ok, message):

@@ -114,7 +114,6 @@ class SuperResolutionLEMMSE(LEMMSE):
                  memory_budget=DEFAULT_MEMORY_BUDGET, backend="auto", algorithm="auto"):
         if not isinstance(operator, SuperResolution):
             raise TypeError(f"operator must be a SuperResolution, got {type(operator).__name__}")
-        check_images(train, "train", finite=False)  # shared rule first: meta tensors have no values
         _check_images(train, "train")
         if preinverse != "identity":
             raise ValueError(f"preinverse must be 'identity' for super-resolution (the estimator "
