@@ -1,7 +1,8 @@
 """What the estimators share: construction, checks, pre-inverse, the patch problem (chapters 2–7).
 
-- ``_check_images``, ``_check_sigma``, ``_check_dtype``: the estimators' input rules (the
-  σ rule is also :func:`lemmse.train.predict`'s);
+- ``_check_images``, ``_check_sigma``, ``_check_dtype``: the estimators' input rules, the
+  package's one image and σ rule (``lemmse._validate``) plus what an estimator adds (the
+  training set's image shape, dtype and device; ``1/σ²`` finite in the compute dtype);
 - :class:`_Estimator`: the training set, the operator and its pre-inverse ``B`` (chapter 6),
   the dtype, the memory budget and the ``backend`` argument, all checked once; the query and
   key images (measured, pre-inverted, centred); ``__call__`` and ``posterior`` around each
@@ -24,7 +25,7 @@ import sys
 import torch
 
 from lemmse._runtime import no_tf32, progress_bars
-from lemmse._validate import bound_topk, check_bool, check_images, check_topk
+from lemmse._validate import bound_topk, check_bool, check_images, check_topk, parse_sigma
 from lemmse.backends import attention, planner, sliding
 from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, images_per_chunk
 from lemmse.operators import Denoising, Operator
@@ -35,67 +36,30 @@ from lemmse.posterior import gaussian_log_density, patch_posterior
 
 # ---------------------------------------------------------------------------- checks
 def _check_images(x, name, *, dtype=None, shape=None, device=None):
-    """``x`` if it is a finite, non-empty float image batch ``[B, C, H, W]`` (of ``dtype``,
-    image ``shape`` and ``device`` when given), else a TypeError or ValueError naming ``name``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B, C, H, W], got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have shape [B, C, H, W] (4 dimensions), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty: it needs at least one image, got {tuple(x.shape)}")
+    """``x`` if :func:`lemmse._validate.check_images` accepts it (a finite, non-empty, real
+    floating-point batch ``[B, C, H, W]`` with data) and it has the image ``shape``, ``dtype``
+    and ``device`` an estimator was built with (each when given), else the TypeError or
+    ValueError of the package's one rule, naming ``name``."""
+    check_images(x, name, device=device, device_name="the training set")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"{name} has images of shape {tuple(x.shape[1:])} (C, H, W), but the "
                          f"training set has {tuple(shape)}")
     if dtype is not None and x.dtype != dtype:
         raise ValueError(f"{name} has dtype {x.dtype}, but the estimator computes in {dtype}; "
                          f"convert it with {name}.to({dtype})")
-    if device is not None and x.device != device:
-        raise ValueError(f"{name} is on device {x.device}, but the training set is on {device}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
     return x
 
 
 def _check_sigma(sigma, batch, dtype, device):
-    """σ as a ``[batch]`` tensor of ``dtype`` on ``device``: a float or one value per image,
-    positive and finite, and still positive in ``dtype`` (the one σ rule of the package: the
-    estimators and :func:`lemmse.train.predict` use it)."""
-    from lemmse._validate import screen_sigma
-
-    sigma = screen_sigma(sigma)  # bool / complex / text values, alone or as elements
-    if isinstance(sigma, bool) or (isinstance(sigma, torch.Tensor) and sigma.dtype == torch.bool):
-        raise TypeError("sigma must be a float or one value per image, got a bool")
-    if isinstance(sigma, torch.Tensor) and (sigma.is_complex() or not (
-            sigma.is_floating_point() or sigma.dtype in (torch.int32, torch.int64))):
-        raise TypeError(f"sigma must hold real numbers, got a tensor of dtype {sigma.dtype}")
-    if isinstance(sigma, complex):
-        raise TypeError(f"sigma must be a real number, got {sigma!r}")
-    if isinstance(sigma, numbers.Real):
-        s = torch.full((batch,), float(sigma), dtype=torch.float64, device=device)
-    else:
-        try:
-            s = torch.as_tensor(sigma, dtype=torch.float64, device=device)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"sigma must be a float or a sequence/tensor of {batch} floats, "
-                            f"got {type(sigma).__name__}") from None
-        if s.ndim == 0:
-            s = s.expand(batch)
-        if s.ndim != 1 or s.shape[0] != batch:
-            raise ValueError(f"sigma must be a float or have one value per image ({batch}), got "
-                             f"shape {tuple(s.shape)}")
-    if not torch.isfinite(s).all() or not (s > 0).all():
-        raise ValueError(f"sigma must be positive and finite, got {s.tolist()}")
-    low = float(s.min())
-    s = s.to(dtype)
-    if not (s > 0).all():
-        raise ValueError(f"sigma = {low:g} underflows to 0 in {dtype} (smallest positive normal "
-                         f"{torch.finfo(dtype).tiny:g}); use a larger sigma or float64")
-    if not torch.isfinite((s.double() ** -2).to(dtype)).all():
+    """σ as a ``[batch]`` tensor of ``dtype`` on ``device``: :func:`lemmse._validate.parse_sigma`
+    (a float or one value per image, positive and finite, still positive in ``dtype``), and
+    ``1/σ²``, which the logits multiply by, finite in ``dtype``."""
+    s = parse_sigma(sigma, batch, dtype, device)
+    if not bool(torch.isfinite((s.double() ** -2).to(dtype)).all()):
+        low = float(s.min())
         raise ValueError(f"sigma = {low:g} is too small for {dtype}: 1/sigma^2 overflows; use "
                          f"sigma >= {2 * torch.finfo(dtype).max ** -0.5:.1e} or float64")
-    return s.contiguous()
+    return s
 
 
 def _check_dtype(dtype, default):
@@ -115,7 +79,6 @@ class _Estimator:
 
     def __init__(self, train, operator=None, preinverse="identity", *, dtype=None,
                  memory_budget=DEFAULT_MEMORY_BUDGET, backend="auto", offset=None):
-        check_images(train, "train", finite=False)  # shared rule first: meta tensors have no values
         _check_images(train, "train")
         operator = Denoising() if operator is None else operator
         if not isinstance(operator, Operator):
@@ -331,35 +294,41 @@ class _PatchAttention(_Estimator):
         """The patch-attention problem this estimator describes (see
         ``lemmse.patches.PatchProblem``): its geometry, training images, values, and the
         maps to query and key images, in ``dtype`` (default: the estimator's; ``torch.float64``
-        for exact diagnostics such as ``lemmse.pixel_weights``)."""
+        for exact diagnostics such as ``lemmse.pixel_weights``).  With whitened distances (the
+        physics-aware blur) the query and key images stay in float64 until the patches are
+        whitened (``PatchGeometry.patches``)."""
+        images = torch.float64 if self.geometry.whiten is not None else dtype
         return PatchProblem(self.geometry, self.train, self._value_images(0, self.N, self.train),
-                            lambda y: self._query_images(y, dtype),
-                            lambda x: self._keys_images(x, dtype), self._prepare)
+                            lambda y: self._query_images(y, images),
+                            lambda x: self._keys_images(x, images), self._prepare,
+                            dtype or self.dtype)
 
     def plan(self, track=False):
         """The :class:`lemmse.backends.Plan` of a call (``track=True``: of the diagnostics of
         :meth:`posterior`): the path, the back-end, and why."""
-        return planner.plan(self.problem(), backend=self.backend, algorithm=self.algorithm,
-                            track=track)
+        return self._plan(self.problem(), track)
+
+    def _plan(self, problem, track=False):
+        return planner.plan(problem, backend=self.backend, algorithm=self.algorithm, track=track)
 
     def _attend(self, y, s, track=False, topk=8):
-        p = self.plan(track)
-        return attention.solve(self.problem(), y, s, p, memory_budget=self.memory_budget,
-                               track=track, topk=topk)
+        problem = self.problem()
+        return attention.solve(problem, y, s, self._plan(problem, track),
+                               memory_budget=self.memory_budget, track=track, topk=topk)
 
     def _x_lse(self, y, s, need_lse=True):
         """``(x_hat, lse)``: the estimate and the natural-log log-sum-exp of the logits.
 
         Query images the fp32 paths cannot be trusted with (see :meth:`_float64_twin`) are
         recomputed in float64; ``need_lse=False``: a non-finite ``lse`` alone is no reason."""
-        self.last_plan = p = self.plan()
+        problem = self.problem()
+        self.last_plan = p = self._plan(problem)
         if p.path == "slide":
-            x_hat, lse, bad = sliding.solve(self.problem(), y, s, *self._slide_shifts(),
+            x_hat, lse, bad = sliding.solve(problem, y, s, *self._slide_shifts(),
                                             memory_budget=self.memory_budget,
                                             band_rows=self._slide_band_rows)
         else:
-            x_hat, lse = attention.solve(self.problem(), y, s, p,
-                                         memory_budget=self.memory_budget)
+            x_hat, lse = attention.solve(problem, y, s, p, memory_budget=self.memory_budget)
             ok = torch.isfinite(x_hat).flatten(1).all(1)
             if need_lse:
                 ok = ok & torch.isfinite(lse).all(1)

@@ -10,7 +10,8 @@
 - :func:`single_thread`: torch on one thread inside a block (the memory-bound copies of the
   native backends, chapter 7);
 - :func:`compiled_forward`: a network's forward through ``torch.compile``, falling back to the
-  eager forward with one warning where compilation fails (``TrainConfig(compile=True)``).
+  eager forward with one warning where compilation fails (``TrainConfig(compile=True)``);
+- :func:`warn_caller`: a warning attributed to the user's line, not to the package's inside.
 """
 
 from __future__ import annotations
@@ -128,3 +129,16 @@ def progress_bar(total):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=description, unit="chunk", leave=False)
+
+
+def warn_caller(message: str, category=RuntimeWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside the package (the user's line
+    that built the estimator or made the call), however deep inside ``lemmse`` it is raised."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
