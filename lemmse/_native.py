@@ -226,8 +226,9 @@ def attend(Q, qscale, Kt, kb, Vt, q_ptr, b_ptr, nlast, m, acc, *, kchunk, nthrea
         Offsets of each group's queries and key blocks.
     nlast : Tensor ``[G]`` (int64)
         Number of real keys in each group's last block.
-    m, acc : Tensors ``[M]``, ``[M, Cv + 1, 16]`` (float32)
-        Running maximum (base 2) and per-lane sums, updated in place.
+    m, acc : Tensors ``[M]`` (float32), ``[M, Cv + 1, 16]`` (float64)
+        Running maximum (base 2) and per-lane sums, updated in place (the kernel sums each sweep
+        of ``kchunk`` blocks in float32 and merges it into ``acc``).
     kchunk : int
         Key blocks per sweep over a thread's queries.
     nthreads : int
@@ -246,7 +247,7 @@ def attend(Q, qscale, Kt, kb, Vt, q_ptr, b_ptr, nlast, m, acc, *, kchunk, nthrea
             _addr("Kt", Kt, _F32, (nb, D, 16)), _addr("kb", kb, _F32, (nb, 16)),
             _addr("Vt", Vt, _F32), Cv, G, _addr("q0", q0, _I64), _addr("q1", q1, _I64),
             _addr("b0", b0, _I64), _addr("b1", b1, _I64), _addr("nlast", nlast, _I64, (G,)),
-            int(kchunk), _addr("m", m, _F32, (M,)), _addr("acc", acc, _F32, (M, Cv + 1, 16)),
+            int(kchunk), _addr("m", m, _F32, (M,)), _addr("acc", acc, _F64, (M, Cv + 1, 16)),
             int(nthreads), int(direct))
     if rc != 0:
         raise RuntimeError(f"native attention kernel failed with code {rc} (M={M}, D={D}, "

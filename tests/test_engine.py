@@ -289,3 +289,31 @@ def test_no_tf32_restores_flags():
         assert torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@needs_native
+@pytest.mark.parametrize("D", [9, 48])
+def test_native_sums_keep_the_tail_of_many_small_weights(D, native_isa):
+    """16 keys at the query (weight 1, value 1), then 2^19 keys of weight 1e-8 each (value 0):
+    the exact output is 16 / (16 + 2^19 e-8) = 1 - 3.3e-4.  Each small term is below half an
+    ulp of a lane's running denominator (~1), so a kernel that sums the whole stream in fp32
+    loses the tail and returns 1 (it did, and its log-sum-exp was 3e-4 low); the kernel sums
+    each sweep of ``kchunk`` blocks from zero in fp32 and merges it into a float64 state, so
+    only the small terms of the first sweep, which shares its fp32 sum with the 16 large ones,
+    are lost (about 750 blocks x 1e-8: 7e-6).  Narrow (D = 9) and wide (D = 48) tiles; keys fed
+    in three chunks."""
+    K, sigma = 16 + (1 << 19), 1.0
+    far = math.sqrt(2 * sigma**2 * math.log(1e8) / D)  # |q - k|^2 / 2 sigma^2 = ln 1e8
+    q = torch.zeros(8, D)
+    k = torch.full((K, D), far)
+    k[:16] = 0.0
+    v = torch.zeros(K, 1)
+    v[:16] = 1.0
+    s = torch.full((8,), sigma)
+    w = math.exp(-(far**2) * D / (2 * sigma**2))
+    exact = 16 / (16 + (K - 16) * w)
+    out, lse = native_attention(q, s, [KeyChunk(k[a:b], v[a:b]) for a, b in
+                                       [(0, K // 3), (K // 3, K - 5), (K - 5, K)]], 1)
+    assert 1 - exact > 3e-4
+    assert (out.double() - exact).abs().max() < 2e-5
+    assert (lse.double() - math.log(16 + (K - 16) * w)).abs().max() < 2e-5

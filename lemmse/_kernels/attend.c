@@ -20,7 +20,11 @@
  *           group holds nlast[g] valid keys (1..16).
  * State (read and updated in place, so that the caller can stream chunks of keys):
  *   m   [M]                running maximum, -inf initially
- *   acc [M][Cv+1][16]      lane-wise partial sums: denominator first, then the Cv numerators
+ *   acc [M][Cv+1][16]      lane-wise sums in float64: denominator first, then the Cv numerators
+ * The tiles sum in fp32 registers over one sweep of kchunk_blocks key blocks, from zero, and each
+ * sweep is then merged into the float64 state (merge_rows): an fp32 sum over all the keys of a
+ * large training set (10^5 to 10^6 terms per lane) would lose the small terms of its tail
+ * (measured: 3e-4 off float64 for FashionMNIST N = 4 000, against 2e-5 at N = 300).
  *
  * With direct != 0 the logit is computed from explicit differences instead,
  *     l(q, k) = qscale_q * sum_d (q_d - k_d)^2,   qscale_q = -log2(e) / (2 sigma_q^2),
@@ -32,6 +36,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -270,13 +275,28 @@ static inline int tile_index(int64_t th, int64_t left) {
 }
 static inline int64_t tile_height(int64_t th, int64_t left) { return HEIGHTS[tile_index(th, left)]; }
 
+/* Fold the fp32 sums of one sweep (rows of a tile, relative to their maxima mt at the end of
+   the sweep) into the float64 state (relative to m), and move m to mt (mt >= m: a sweep starts
+   from m and only raises it). */
+static void merge_rows(float *m, double *acc, const float *mt, const float *at, int64_t n,
+                       int64_t S) {
+    for (int64_t t = 0; t < n; t++) {
+        const double sc = mt[t] == m[t] ? 1.0 : exp2((double)m[t] - (double)mt[t]);
+        double *a = acc + t * S;
+        const float *p = at + t * S;
+        for (int64_t i = 0; i < S; i++) a[i] = a[i] * sc + (double)p[i];
+        m[t] = mt[t];
+    }
+}
+
 typedef struct {
     const float *Q, *qscale, *Kt, *kb, *Vt;
     int64_t D, S, ntiles, maxblocks, kchunk_blocks, th, item_tiles;
     const int64_t *q1, *b0, *b1, *nlast, *tile_g, *tile_r;
     const tile_fn *T;
     int wide;
-    float *m, *acc;
+    float *m;
+    double *acc;
     atomic_llong next;  /* first tile of the next work item */
 } work_t;
 
@@ -287,7 +307,9 @@ static void *worker(void *arg) {
     const int64_t *tile_g = w->tile_g, *tile_r = w->tile_r;
     const float *Q = w->Q, *qscale = w->qscale, *Kt = w->Kt, *kb = w->kb, *Vt = w->Vt;
     const tile_fn *T = w->T;
-    float *m = w->m, *acc = w->acc;
+    float *m = w->m;
+    double *acc = w->acc;
+    float mt[16], at[16 * 5 * 16];  /* one sweep of one tile: maxima and fp32 sums (H5, Cv <= 4) */
     /* flush denormals to zero: far keys give weights 2^(l-m) below 2^-126, and denormal
        arithmetic is ~100x slower; their contribution is below fp32 resolution anyway */
     const unsigned int csr = _mm_getcsr();
@@ -327,7 +349,10 @@ static void *worker(void *arg) {
                     const int h = tile_index(th, rend - r), n = HEIGHTS[h];
                     const float *Qr = Qp ? Qp + (it - lo) * th * D + (r - tile_r[it]) * D
                                          : Q + r * D;
-                    T[h](Qr, qscale + r, D, Kt, kb, Vt, bs, be, nl, m + r, acc + r * S);
+                    memcpy(mt, m + r, sizeof(float) * (size_t)n);
+                    memset(at, 0, sizeof(float) * (size_t)(n * S));
+                    T[h](Qr, qscale + r, D, Kt, kb, Vt, bs, be, nl, mt, at);
+                    merge_rows(m + r, acc + r * S, mt, at, n, S);
                     r += n;
                 }
             }
@@ -343,7 +368,7 @@ int lemmse_attend_f32(const float *Q, const float *qscale, int64_t M, int64_t D,
                       const float *Kt, const float *kb, const float *Vt, int64_t Cv,
                       int64_t G, const int64_t *q0, const int64_t *q1,
                       const int64_t *b0, const int64_t *b1, const int64_t *nlast,
-                      int64_t kchunk_blocks, float *m, float *acc, int nthreads,
+                      int64_t kchunk_blocks, float *m, double *acc, int nthreads,
                       int direct) {
     if (Cv < 1 || Cv > 4) return 1;
     const int wide = D >= WIDE_MIN_DIM;

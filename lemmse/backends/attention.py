@@ -138,7 +138,7 @@ class StreamingAttention(_Diagnostics):
                 self._Q = (queries * s[:, None]).contiguous()
                 self._s = s.contiguous()
             self._m = torch.full((self.M,), -math.inf, dtype=torch.float32)
-            self._acc = torch.zeros(self.M, self.Cv + 1, 16, dtype=torch.float32)
+            self._acc = torch.zeros(self.M, self.Cv + 1, 16, dtype=torch.float64)
         else:  # the diagnostics are accumulated in float64
             sdt = torch.float64 if self.track else self.dtype
             self._m = torch.full((self.M,), -math.inf, dtype=sdt, device=self.device)
@@ -263,8 +263,8 @@ class StreamingAttention(_Diagnostics):
         ``lse`` is ``log Σ_k exp(-‖q - k‖² / 2σ²)`` (natural log, the ``‖q‖²`` term included).
         """
         if self.backend == "native":
-            den = self._acc[:, 0].double().sum(1)
-            num = self._acc[:, 1:].double().sum(2)
+            den = self._acc[:, 0].sum(1)
+            num = self._acc[:, 1:].sum(2)
             out = (num / den[:, None]).to(self.dtype)
             lse = (self._m.double() / LOG2E + torch.log(den)).to(self.dtype)
         else:
@@ -310,16 +310,18 @@ def pack_keys(keys, values, k_ptr):
     return Kt, kb, Vt, b_ptr, counts - (nblk - 1) * 16
 
 
-def packed_chunk(key_images, values, geometry):
+def packed_chunk(key_images, values, geometry, dtype=None):
     """A :class:`KeyChunk` already in the native kernel's blocks of 16 keys, from the key
     images ``[Nc, C, H, W]`` and value images ``[Nc, Cv, H, W]`` of whole training images
     (one group, ``H·W`` a multiple of 16, so that no block straddles two images): the patch
-    columns of the unfolded images are the blocks, with no re-packing copy."""
+    columns of the unfolded images are the blocks, with no re-packing copy; the keys in
+    ``dtype`` (default the key images')."""
     Nc, Cv, D, HW = values.shape[0], values.shape[1], geometry.D, geometry.H * geometry.W
     with single_thread():
         u = unfold(key_images, geometry.P)  # [Nc, D, HW]
     if geometry.whiten is not None:  # float64 GEMM on all threads (on one: 40 % of a CIFAR call)
-        u = (geometry.whiten.T @ u.double()).to(key_images.dtype)
+        u = geometry.whiten.T @ u.double()
+    u = u.to(dtype or key_images.dtype)
     with single_thread():
         Kt = u.view(Nc, D, HW // 16, 16).permute(0, 2, 1, 3).reshape(-1, D, 16)
         kb = -0.5 * (Kt * Kt).sum(1)
@@ -336,8 +338,8 @@ def _chunk(problem, n0, n1, order, pos_ptr, track, pack):
     if pack:
         with single_thread():  # the key images too (the pre-inverse's FFTs): see single_thread
             u = problem.keys(x)
-        return packed_chunk(u, values, geo)
-    k = geo.patches(problem.keys(x))  # [Nc, HW, D]
+        return packed_chunk(u, values, geo, problem.dtype)
+    k = geo.patches(problem.keys(x), problem.dtype)  # [Nc, HW, D]
     Cv = values.shape[1]
     v = values.flatten(2).transpose(1, 2)  # [Nc, HW, Cv]
     Nc, HW, device = k.shape[0], k.shape[1], problem.train.device
@@ -373,7 +375,7 @@ def solve(problem, y, s, plan, *, memory_budget, track=False, topk=8):
     Bn, HW, D, N = y.shape[0], geo.H * geo.W, geo.D, problem.train.shape[0]
     Cv = problem.values.shape[1]
     order, pos_ptr = geo.layout()
-    q = geo.patches(problem.queries(y))  # [B, HW, D]
+    q = geo.patches(problem.queries(y), problem.dtype)  # [B, HW, D]
     sig = s[:, None].expand(Bn, HW)
     if order is None:
         Q, S, q_ptr = q.reshape(-1, D), sig.reshape(-1), None
