@@ -182,11 +182,17 @@ class _Estimator:
         progress = check_bool("progress", progress) if progress is not None else \
             sys.stderr.isatty()
         y, s = self._prepare(y, sigma)
+        label = f"{type(self).__name__}.posterior" if progress else None
+        with progress_bars(label):
+            return self._checked_posterior(y, s, topk)
+
+    def _checked_posterior(self, y, s, topk, x_hat=None):
+        """:meth:`posterior` of checked ``y``, ``s``: ``topk`` capped for the memory budget;
+        ``x_hat``, the estimate, when the caller has it already (``lemmse.distributed``)."""
         n_keys, n_queries = self._posterior_size(y.shape[0])
         topk = bound_topk(topk, n_keys, n_queries, self.memory_budget)
-        label = f"{type(self).__name__}.posterior" if progress else None
-        with torch.no_grad(), no_tf32(), progress_bars(label):
-            return self._posterior(y, s, int(topk))
+        with torch.no_grad(), no_tf32():
+            return self._posterior(y, s, int(topk), x_hat)
 
     def log_density(self, y, sigma):
         """Log-density of the queries under the Gaussian-smoothed keys, from one pass.
@@ -262,10 +268,6 @@ class _PatchAttention(_Estimator):
         self.geometry = PatchGeometry(self.C, self.H, self.W, P,
                                       whitening(self.B, self.C, self.H, self.W, P, self.device),
                                       self._position_groups())
-
-    @property
-    def _whiten(self):  # float64 L^-T or None
-        return self.geometry.whiten
 
     @property
     def _gid(self):  # [H*W] group id of each position, or None
@@ -379,7 +381,8 @@ class _PatchAttention(_Estimator):
     def _posterior_size(self, batch):
         return int(self._n_keys().max()), batch * self.H * self.W
 
-    def _posterior(self, y, s, topk):
+    def _posterior(self, y, s, topk, x_hat=None):
         _, lse, att, unsort = self._attend(y, s, track=True, topk=topk)
-        x_hat = self._estimate(y, s)  # the estimate exactly as a call computes it
+        if x_hat is None:
+            x_hat = self._estimate(y, s)  # the estimate exactly as a call computes it
         return patch_posterior(x_hat, lse, att, unsort, self.D, s)

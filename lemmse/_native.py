@@ -44,12 +44,12 @@ import shutil
 import subprocess
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 import torch
 
 from lemmse._io import atomic_path, write_text_atomic
+from lemmse._runtime import warn_caller
 
 _KERNELS = Path(__file__).with_name("_kernels")
 _HEADERS = (_KERNELS / "simd.h",)  # part of every kernel's cache key
@@ -100,7 +100,7 @@ def _verified(so: Path) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    warn_caller(message)
 
 
 def _note(message: str) -> None:

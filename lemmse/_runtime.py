@@ -25,12 +25,12 @@ import torch
 __all__ = ["resolve_device", "tune_allocator", "no_tf32", "compiled_forward"]
 
 
-def resolve_device(device: str = "auto", name: str = "device") -> torch.device:
+def resolve_device(device: str = "auto") -> torch.device:
     """"auto" -> CUDA when available, else CPU; other devices are checked (a device string or a
     torch.device, not the meta device, CUDA present?) by ``lemmse._validate.check_device``."""
     from lemmse._validate import check_device
 
-    return check_device(device, name, auto=True)
+    return check_device(device, "device", auto=True)
 
 
 def tune_allocator(threshold: int = 1 << 30) -> bool:

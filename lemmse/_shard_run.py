@@ -147,8 +147,6 @@ def add_shard_command(sub):
 
 
 def run_shard_command(args) -> int:
-    import torch
-
     from lemmse._io import atomic_path
     from lemmse.distributed import ShardError
 

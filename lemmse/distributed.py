@@ -158,11 +158,8 @@ class Sharded:
     Collective: every rank constructs it and calls it with the same arguments (``y`` and
     ``sigma`` are checked to be equal on all ranks); every rank gets the same result, equal to
     ``estimator_cls(whole_set, *args, **kw)`` up to the float32 rounding of the merge
-    (≤ 1e-6 where the estimator accumulates in float64: the sliding-window kernel, and the
-    native attention below σ = 0.1).  The float32 native attention above σ = 0.1 (the
-    physics-aware blur) sums its weights in float32: it differs from its own float64 value
-    by up to ~2e-5 (FashionMNIST), and the sharded result, whose sums are split differently,
-    differs from it by as much, but not more from the float64 value.
+    (both native kernels merge their float32 partial sums into float64; the shards' sums are
+    split differently, so the two results differ at the level of those partial sums' rounding).
 
     Parameters
     ----------
@@ -340,12 +337,12 @@ class Sharded:
         rescaled by ``e^{ℓ_r - ℓ}`` they are weights of the whole set, whose ``topk`` largest
         are among them.  ``topk_image`` is the image's index in the whole set (in the
         orbit bank ``g·N + n`` for ``group=``); ``n50`` is exact where it is at most 256
-        (``lemmse.engine.N50_EXACT``) and ``-1`` where it is larger (the single-process
+        (``lemmse.backends.attention.N50_EXACT``) and ``-1`` where it is larger (the single-process
         estimator counts those on a histogram of the weights, which the ranks do not exchange).
         """
         from lemmse._runtime import no_tf32
         from lemmse._validate import check_topk
-        from lemmse.engine import N50_EXACT
+        from lemmse.backends.attention import N50_EXACT
         from lemmse.posterior import Posterior
 
         if len(self._parts) > 1:
@@ -365,8 +362,8 @@ class Sharded:
             pos = torch.full((*shape, keep, 2), -1, dtype=torch.int64, device=y.device)
             s2 = torch.zeros(shape, dtype=torch.float64, device=y.device)
             if not self._empty:
-                with torch.no_grad():
-                    post = est.posterior(y, s, topk=keep)
+                # the shard's estimate x is at hand: the posterior does not compute it again
+                post = est._checked_posterior(y, s, keep, x_hat=x.to(est.dtype))
                 k = post.topk_weights.shape[-1]
                 w[..., :k] = post.topk_weights.double()
                 i = post.topk_image

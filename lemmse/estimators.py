@@ -39,7 +39,7 @@ import numbers
 
 import torch
 
-from lemmse._estimator import _check_images, _check_sigma, _Estimator, _PatchAttention  # noqa: F401
+from lemmse._estimator import _check_images, _Estimator, _PatchAttention
 from lemmse.backends.attention import KeyChunk, StreamingAttention
 from lemmse.operators import Denoising, SuperResolution
 from lemmse.patches import extract_patches, pattern_groups
@@ -248,9 +248,10 @@ class MMSE(_Estimator):
     def _posterior_size(self, batch):
         return self.N, batch
 
-    def _posterior(self, y, s, topk):
+    def _posterior(self, y, s, topk, x_hat=None):
         _, lse, att, D = self._run(y, s, track=True, topk=topk)
-        x_hat = self._estimate(y, s)
+        if x_hat is None:
+            x_hat = self._estimate(y, s)
         d = att.diagnostics()
         logdens = gaussian_log_density(lse, self.N, D, s)
         image, pos = decode_ids(d["topk_ids"], 1, 1)  # ids name images; position (0, 0)
@@ -323,10 +324,11 @@ class EquivariantMMSE(_Estimator):
     def _posterior_size(self, batch):
         return self.N * self.H * self.W, batch
 
-    def _posterior(self, y, s, topk):
+    def _posterior(self, y, s, topk, x_hat=None):
         """Diagnostics over the ``N·H·W`` keys ``T_g A x_n``: two extra passes, in float64."""
         f64 = torch.float64
-        x_hat = self._estimate(y, s)
+        if x_hat is None:
+            x_hat = self._estimate(y, s)
         v = self._query_images(y).to(f64)
         Bn, H, W, HW = v.shape[0], self.H, self.W, self.H * self.W
         att = StreamingAttention(v.flatten(1), s.to(f64), None, value_dim=0,

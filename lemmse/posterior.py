@@ -29,6 +29,7 @@ for a handful of pixels. It is meant for inspecting pixels, not for whole images
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -175,9 +176,10 @@ class PixelWeights:
         """``1 / Σ w²`` per pixel ``[Q]``: the effective number of patches."""
         return 1.0 / (self.weights.flatten(1) ** 2).sum(1)
 
-    @property
+    @functools.cached_property
     def n50(self) -> torch.Tensor:
-        """Smallest number of largest weights whose sum reaches 0.5, per pixel ``[Q]`` (int64)."""
+        """Smallest number of largest weights whose sum reaches 0.5, per pixel ``[Q]`` (int64;
+        computed once: each pixel sorts its ``N·H·W`` weights)."""
         out = []
         for w in self.weights.flatten(1):
             top = torch.sort(w[w > 0], descending=True).values

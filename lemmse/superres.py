@@ -50,11 +50,10 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from lemmse._estimator import _check_dtype
+from lemmse._estimator import _check_dtype, _check_images, _check_sigma
 from lemmse._runtime import no_tf32
-from lemmse._validate import check_images
 from lemmse.backends.planner import DEFAULT_MEMORY_BUDGET, joint_plan, native_available
-from lemmse.estimators import LEMMSE, Posterior, _check_images, _check_sigma
+from lemmse.estimators import LEMMSE, Posterior
 from lemmse.patches import extract_patches, unfold
 from lemmse.operators import Denoising, SuperResolution
 
@@ -192,12 +191,14 @@ class SuperResolutionLEMMSE(LEMMSE):
                              f"of {self.operator!r}, got images of shape {tuple(y.shape[1:])}")
         return y, _check_sigma(sigma, y.shape[0], self.dtype, self.device)
 
-    def _estimate(self, y, s):
+    def _estimate(self, y, s, first=None):
+        """``first``: the first value group's estimate, when its bank has just computed it
+        (:meth:`posterior`; its ``last_plan`` is then that call's)."""
         out = torch.empty(y.shape[0], self.C * self.factor ** 2, self.h, self.w,
                           dtype=self.dtype, device=self.device)
         plans = []
-        for (idx, _), bank in zip(self._groups, self._banks):
-            out[:, idx] = bank._estimate(y, s)
+        for i, ((idx, _), bank) in enumerate(zip(self._groups, self._banks)):
+            out[:, idx] = first if i == 0 and first is not None else bank._estimate(y, s)
             plans.append(bank.last_plan)
         self.last_plan = joint_plan(plans)
         return F.pixel_shuffle(out, self.factor)
@@ -209,14 +210,13 @@ class SuperResolutionLEMMSE(LEMMSE):
             return self._banks[0].plan(track=True)
         return joint_plan([bank.plan() for bank in self._banks])
 
-    def _lse_and_keys(self, y, s):
-        return self._banks[0]._lse_and_keys(y, s)
-
     def log_density(self, y, sigma):
         """Log-density of every LR query patch under the smoothed LR training patches,
         ``[B, h, w]`` (see :meth:`lemmse.estimators.LEMMSE.log_density`)."""
-        y, s = self._prepare(y, sigma)
-        return self._banks[0].log_density(y, s)
+        return super().log_density(y, sigma)
+
+    def _log_density(self, y, s):  # the keys of every value group are the same LR patches
+        return self._banks[0]._log_density(y, s)
 
     def posterior(self, y, sigma, topk=8):
         """The HR estimate and the diagnostics of the weights on the LR grid (``[B, h, w]``
@@ -224,7 +224,7 @@ class SuperResolutionLEMMSE(LEMMSE):
         y, s = self._prepare(y, sigma)
         p = self._banks[0].posterior(y, s, topk)
         with torch.no_grad(), no_tf32():
-            x_hat = self._estimate(y, s)
+            x_hat = self._estimate(y, s, first=p.x_hat)
         return Posterior(x_hat, p.log_density, p.n50, p.participation, p.topk_weights,
                          p.topk_image, p.topk_position)
 

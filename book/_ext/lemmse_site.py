@@ -78,7 +78,7 @@ def _set_alt(app, doctree, docname):
     for image in doctree.findall(nodes.image):
         uri = image.get("uri", "")
         alt = image.get("alt", "")
-        if not alt or alt == uri or Path(alt).name == Path(uri).name:
+        if not alt or Path(alt).name == Path(uri).name:
             image["alt"] = alt_text(image)
 
 
@@ -176,13 +176,12 @@ def _proof_index_class():
 WIDGET_FONTS = Path("@jupyter-widgets") / "html-manager" / "dist"
 
 
-def place_widget_fonts(outdir: Path) -> list[Path]:
+def place_widget_fonts(outdir: Path) -> None:
     """Copy the vendored icon fonts (``_static/widgets/fonts``) to ``WIDGET_FONTS`` beside
-    every page that embeds widgets, where the widget manager requests them; the folders made."""
+    every page that embeds widgets, where the widget manager requests them."""
     fonts = sorted((outdir / "_static" / "widgets" / "fonts").glob("*.woff2"))
-    made = []
     if not fonts:
-        return made
+        return
     folders = {page.parent for page in outdir.rglob("*.html")
                if "application/vnd.jupyter.widget-state+json" in page.read_text(errors="ignore")}
     for folder in sorted(folders):
@@ -190,8 +189,6 @@ def place_widget_fonts(outdir: Path) -> list[Path]:
         dest.mkdir(parents=True, exist_ok=True)
         for font in fonts:
             shutil.copyfile(font, dest / font.name)
-        made.append(dest)
-    return made
 
 
 def _finish(app, exception):

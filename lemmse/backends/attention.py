@@ -123,8 +123,7 @@ class StreamingAttention(_Diagnostics):
         self.q_ptr = _ptr(group_ptr, self.M)
         self.G = self.q_ptr.numel() - 1
         self.track = bool(track)
-        self.backend, self.reason = attention_backend(self.Cv, self.dtype, self.device,
-                                                      backend, track)
+        self.backend = attention_backend(self.Cv, self.dtype, self.device, backend, track)[0]
         self.qsq = (queries * queries).sum(1)  # for the exact log-density
         # small sigma in fp32: avoid the cancellation of the GEMM expansion
         self.direct = bool(self.dtype == torch.float32 and self.M > 0

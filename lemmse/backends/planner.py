@@ -24,12 +24,12 @@ The rules, measured in ``benchmarks/bench_engine.py``:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 
 from lemmse._native import isa, load_kernel, load_slide_kernel
+from lemmse._runtime import warn_caller
 
 __all__ = ["Plan", "plan", "attention_backend", "choose_backend", "images_per_chunk",
            "joint_plan", "native_available", "DEFAULT_MEMORY_BUDGET"]
@@ -73,11 +73,10 @@ def images_per_chunk(n_images, memory_budget, bytes_per_image):
     streamed one image at a time (slow, and above the budget), with a warning that says so."""
     need = 4 * max(1, bytes_per_image)
     if memory_budget < need and n_images > 1:
-        warnings.warn(f"memory_budget={memory_budget} bytes is below the working memory of one "
-                      f"training image (about {need} bytes): the training set is streamed one "
-                      f"image at a time, slowly and above the budget; raise memory_budget "
-                      f"(default {DEFAULT_MEMORY_BUDGET} bytes, 1 GiB)", RuntimeWarning,
-                      stacklevel=4)
+        warn_caller(f"memory_budget={memory_budget} bytes is below the working memory of one "
+                    f"training image (about {need} bytes): the training set is streamed one "
+                    f"image at a time, slowly and above the budget; raise memory_budget "
+                    f"(default {DEFAULT_MEMORY_BUDGET} bytes, 1 GiB)")
     cap = min(memory_budget, CHUNK_BYTES)
     return max(1, min(n_images, cap // need))
 

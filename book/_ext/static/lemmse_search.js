@@ -14,7 +14,6 @@
   };
   const plain = (tex) =>
     tex
-      .replace(/^\s*\\[(\[]|\\[)\]]\s*$/g, "")
       .replace(/\\[()\[\]]/g, "")
       .replace(/\\([A-Za-z]+)/g, (_, name) => GREEK[name] ?? "")
       .replace(/[{}^_$]|\\[,;!:]/g, "")
